@@ -1,0 +1,436 @@
+"""The `ecomhub` command line (also `python main.py …`): wiring only, no business logic.
+
+Exit codes: 0 success; 1 the work failed (the message says what); 2 bad usage or bad config (the
+message names the field and the file). No command ends in a bare traceback.
+"""
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from config import ConfigError, Settings, load_settings
+from config.logging import Redactor, configure_logging
+from models.db import UnsupportedDatabase, create_engine, safe_url, upgrade
+from models.store import Store
+from sync.catalog import CatalogFileError, import_catalog
+from sync.errors import HubError
+from sync.runtime import open_store
+from sync.status import collect_status
+
+T = TypeVar("T")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class CliState:
+    config_path: Path | None = None
+    _settings: Settings | None = field(default=None, repr=False)
+    redactor: Redactor = field(default_factory=Redactor)
+
+    def settings(self, *, require_file: bool = True) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config_path, require_file=require_file)
+            except ConfigError as exc:
+                fail(str(exc), code=2)
+            self.redactor = configure_logging(
+                self._settings.log_level, secrets=self._settings.secret_values(), stream=sys.stderr
+            )
+        return self._settings
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def _state(ctx: typer.Context) -> CliState:
+    state = ctx.find_root().obj
+    if not isinstance(state, CliState):
+        state = CliState()
+        ctx.find_root().obj = state
+    return state
+
+
+def execute(ctx: typer.Context, work: Coroutine[Any, Any, T]) -> T:
+    """Run one async piece of work; turn every failure into a message and an exit code."""
+    state = _state(ctx)
+    try:
+        return asyncio.run(work)
+    except ConfigError as exc:
+        fail(state.redactor.scrub(str(exc)), code=2)
+    except HubError as exc:
+        fail(state.redactor.scrub(str(exc)))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    except Exception as exc:
+        fail(state.redactor.scrub(f"{type(exc).__name__}: {exc}"))
+
+
+async def with_store(settings: Settings, use: Callable[[Store], Awaitable[T]]) -> T:
+    store = await open_store(settings)
+    try:
+        return await use(store)
+    finally:
+        await store.close()
+
+
+def not_built(what: str, issue: str) -> NoReturn:
+    fail(f"{what} is not built yet (it lands with {issue}); nothing was done.")
+
+
+app = typer.Typer(
+    name="ecomhub",
+    help="Self-hosted e-commerce integration hub: marketplace orders in, WMS out, stock, bills.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+sync_app = typer.Typer(help="Run one sync now.", no_args_is_help=True)
+outbox_app = typer.Typer(help="The outbox of effects on external systems.", no_args_is_help=True)
+orders_app = typer.Typer(help="Orders in the central store.", no_args_is_help=True)
+catalog_app = typer.Typer(help="Master SKUs and platform-SKU mappings.", no_args_is_help=True)
+reconcile_app = typer.Typer(help="Reconciliation reports.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(sync_app, name="sync")
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(orders_app, name="orders")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(reconcile_app, name="reconcile")
+
+Format = Annotated[str, typer.Option("--format", help="table or json")]
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Config file (default: $ECOMHUB_CONFIG, else ./ecomhub.toml).",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = CliState(config_path=config)
+
+
+# --- daemon and sandbox --------------------------------------------------------------------
+
+
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """The daemon: scheduler + HTTP server until SIGTERM/SIGINT."""
+    _state(ctx).settings()
+    not_built("`ecomhub run` (the daemon)", "issue #6, the daemon")
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    seconds: Annotated[float | None, typer.Option(help="Stop after N seconds.")] = None,
+) -> None:
+    """Sandbox + embedded SQLite + daemon: the whole flow, live."""
+    not_built("`ecomhub demo`", "issue #6, the daemon")
+
+
+@app.command()
+def sandbox(
+    ctx: typer.Context,
+    profile: Annotated[str, typer.Option(help="calm or adversarial")] = "calm",
+    seed: Annotated[int, typer.Option(help="World seed (same seed, same world).")] = 1,
+    rate: Annotated[float, typer.Option(help="Live orders per second.")] = 1.0,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind (0 = any free port).")] = 8790,
+    hub_port: Annotated[int, typer.Option(help="Port the printed config gives the hub.")] = 8780,
+    database_url: Annotated[
+        str, typer.Option(help="database_url written into the printed config.")
+    ] = "sqlite:///ecomhub.db",
+) -> None:
+    """Run the simulators alone and print their URLs, credentials and a ready ecomhub.toml."""
+    try:
+        from sandbox.cli import serve  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        not_built("`ecomhub sandbox`", "issue #3, the sandbox")
+    if profile not in ("calm", "adversarial"):
+        fail(f"--profile must be calm or adversarial, not {profile!r}", code=2)
+    try:
+        execute(
+            ctx,
+            serve(
+                profile=profile,
+                seed=seed,
+                rate=rate,
+                host=host,
+                port=port,
+                hub_port=hub_port,
+                database_url=database_url,
+            ),
+        )
+    except typer.Exit as exc:
+        if exc.exit_code != 130:  # Ctrl-C is how the sandbox is meant to stop
+            raise
+
+
+# --- database ------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Apply the schema migrations (creates the SQLite file if needed)."""
+    settings = _state(ctx).settings()
+
+    async def work() -> None:
+        try:
+            engine = create_engine(settings.database_url)
+        except UnsupportedDatabase as exc:
+            raise ConfigError(f"database_url: {exc}", source=str(settings.config_path)) from None
+        try:
+            await upgrade(engine)
+        except Exception as exc:
+            raise HubError(f"migrating {safe_url(settings.database_url)} failed: {exc}") from None
+        finally:
+            await engine.dispose()
+
+    execute(ctx, work())
+    out.print(f"database {safe_url(settings.database_url)} is at the current schema")
+
+
+# --- syncs ---------------------------------------------------------------------------------
+
+
+@sync_app.command("orders")
+def sync_orders(
+    ctx: typer.Context,
+    shop: Annotated[str | None, typer.Option(help="Only this shop code.")] = None,
+    since: Annotated[str | None, typer.Option(help="Backfill start (ISO 8601 or CST).")] = None,
+    until: Annotated[str | None, typer.Option(help="Backfill end.")] = None,
+) -> None:
+    """One order pull now (a backfill with --since/--until)."""
+    _state(ctx).settings()
+    not_built("`ecomhub sync orders`", "issue #4, orders in")
+
+
+@sync_app.command("inventory")
+def sync_inventory(
+    ctx: typer.Context,
+    shop: Annotated[str | None, typer.Option(help="Only this shop code.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Push every listing.")] = False,
+) -> None:
+    """One stock sync now."""
+    _state(ctx).settings()
+    not_built("`ecomhub sync inventory`", "issue #7, stock sync")
+
+
+@sync_app.command("erp")
+def sync_erp(ctx: typer.Context) -> None:
+    """One purchase-order poll of the ERP now."""
+    _state(ctx).settings()
+    not_built("`ecomhub sync erp`", "issue #8, the ERP")
+
+
+@app.command()
+def push(ctx: typer.Context) -> None:
+    """Drain the outbox once."""
+    _state(ctx).settings()
+    not_built("`ecomhub push`", "issue #5, orders out")
+
+
+@outbox_app.command("dead")
+def outbox_dead(ctx: typer.Context) -> None:
+    """List dead letters with their last error."""
+    _state(ctx).settings()
+    not_built("`ecomhub outbox dead`", "issue #5, orders out")
+
+
+@outbox_app.command("replay")
+def outbox_replay(
+    ctx: typer.Context,
+    ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+) -> None:
+    """Send dead letters again."""
+    _state(ctx).settings()
+    not_built("`ecomhub outbox replay`", "issue #5, orders out")
+
+
+# --- orders and catalog --------------------------------------------------------------------
+
+
+@orders_app.command("held")
+def orders_held(
+    ctx: typer.Context,
+    shop: Annotated[str | None, typer.Option(help="Only this shop code.")] = None,
+    format: Format = "table",
+) -> None:
+    """List held orders with their reasons."""
+    settings = _state(ctx).settings()
+
+    async def work(store: Store) -> list[dict[str, str]]:
+        async with store.transaction() as tx:
+            held = await tx.held_orders(shop)
+        return [
+            {
+                "shop": h.shop,
+                "platform_order_id": h.platform_order_id,
+                "reason": h.reason,
+                "detail": h.detail,
+                "modified": h.modified.isoformat(),
+            }
+            for h in held
+        ]
+
+    rows = execute(ctx, with_store(settings, work))
+    if format == "json":
+        out.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("shop", "order", "reason", "detail", "modified")
+    for row in rows:
+        table.add_row(
+            row["shop"], row["platform_order_id"], row["reason"], row["detail"], row["modified"]
+        )
+    out.print(table if rows else "no held orders")
+
+
+@orders_app.command("release")
+def orders_release(
+    ctx: typer.Context,
+    shop: Annotated[str, typer.Argument(help="Shop code.")],
+    order_id: Annotated[str, typer.Argument(help="The platform's order id.")],
+) -> None:
+    """Release a held order after its cause is fixed; it is routed on the next pass."""
+    settings = _state(ctx).settings()
+
+    async def work(store: Store) -> bool:
+        async with store.transaction() as tx:
+            return await tx.release_order(shop, order_id)
+
+    if not execute(ctx, with_store(settings, work)):
+        fail(f"order {order_id} of shop {shop} is not held (see `ecomhub orders held`)")
+    out.print(f"released {shop} {order_id}")
+
+
+@orders_app.command("export")
+def orders_export(
+    ctx: typer.Context,
+    shop: Annotated[str | None, typer.Option(help="Only this shop code.")] = None,
+    format: Annotated[str, typer.Option("--format", help="jsonl")] = "jsonl",
+) -> None:
+    """Print the canonical orders, one JSON object a line."""
+    if format != "jsonl":
+        fail(f"--format must be jsonl, not {format!r}", code=2)
+    settings = _state(ctx).settings()
+
+    async def work(store: Store) -> int:
+        count = 0
+        async with store.transaction() as tx:
+            async for stored in tx.iter_orders(shop):
+                sys.stdout.write(json.dumps(stored.export(), ensure_ascii=False) + "\n")
+                count += 1
+        sys.stdout.flush()
+        return count
+
+    count = execute(ctx, with_store(settings, work))
+    err.print(f"exported {count} orders")
+
+
+@catalog_app.command("import")
+def catalog_import(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV of master SKUs or of mappings.")],
+) -> None:
+    """Load master SKUs (sku,name,barcode,weight_kg[,bundle_of]) or mappings (platform_sku,sku)."""
+    settings = _state(ctx).settings()
+
+    async def work(store: Store) -> Any:
+        try:
+            return await import_catalog(store, file)
+        except CatalogFileError as exc:
+            raise HubError(str(exc)) from None
+
+    result = execute(ctx, with_store(settings, work))
+    for problem in result.errors:
+        err.print(f"skipped {problem}")
+    out.print(
+        f"imported {len(result.skus)} master SKUs, {len(result.mappings)} mappings"
+        + (f"; {len(result.errors)} lines skipped" if result.errors else "")
+    )
+
+
+# --- reconciliation and status -------------------------------------------------------------
+
+
+@reconcile_app.command("logistics")
+def reconcile_logistics(
+    ctx: typer.Context,
+    carrier: Annotated[str, typer.Option(help="Carrier code.")],
+    bill: Annotated[Path, typer.Option(help="Bill file (CSV or XLSX).")],
+    format: Format = "table",
+) -> None:
+    """Check a courier's freight bill against shipments and the rate card."""
+    _state(ctx).settings()
+    not_built("`ecomhub reconcile logistics`", "issue #7, reconciliation")
+
+
+@reconcile_app.command("inventory")
+def reconcile_inventory(
+    ctx: typer.Context,
+    warehouse: Annotated[str, typer.Option(help="Warehouse code.")],
+    format: Format = "table",
+) -> None:
+    """Check a WMS stock snapshot against the ledger."""
+    _state(ctx).settings()
+    not_built("`ecomhub reconcile inventory`", "issue #7, reconciliation")
+
+
+@app.command()
+def status(ctx: typer.Context, format: Format = "table") -> None:
+    """Shops, cursors, last runs, outbox depth, exceptions."""
+    settings = _state(ctx).settings()
+    report = execute(ctx, with_store(settings, lambda store: collect_status(settings, store)))
+    if format == "json":
+        out.print_json(json.dumps(report, ensure_ascii=False))
+        return
+    shops = Table("shop", "platform", "cursor", "lag", "orders", "held", "errors", "last run")
+    for s in report["shops"]:
+        last = s["last_run"]
+        shops.add_row(
+            s["code"],
+            s["platform"],
+            s["cursor"] or "-",
+            f"{s['lag_seconds']}s" if s["lag_seconds"] is not None else "-",
+            str(s["orders"]),
+            str(s["held"]),
+            str(s["errors"]),
+            f"{last['status']} at {last['started_at']}" if last else "never",
+        )
+        if s["auth_failed_at"]:
+            shops.add_row("", "", f"AUTH FAILED {s['auth_failed_at']}: {s['auth_message']}")
+    out.print(shops)
+    warehouses = Table("warehouse", "outbox pending", "dead letters")
+    for w in report["warehouses"]:
+        warehouses.add_row(w["code"], str(w["outbox_pending"]), str(w["dead_letters"]))
+    out.print(warehouses)
+    out.print(f"held orders: {report['held_orders']}  database: {report['database']}")
+
+
+def cli() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    cli()

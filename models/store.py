@@ -1,0 +1,986 @@
+"""The central store: every query of the hub lives here, and converts rows ↔ domain types.
+
+Use `Store.transaction()` to group writes that must land together (orders with their cursor, a route
+with its outbox message):
+
+    async with store.transaction() as tx:
+        result = await tx.upsert_orders(orders)
+        await tx.set_cursor(Cursor(shop=..., stream="orders", position=...))
+
+Each `Store` convenience method opens its own short transaction. Hot paths (order upserts, stock
+reads) use multi-row statements; nothing here issues one round trip per row in a loop.
+"""
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Row,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from models import tables as t
+from models.clock import Clock, SystemClock
+from models.db import create_engine, current_revision, head_revision
+from models.domain import (
+    Address,
+    BundleComponent,
+    Cursor,
+    HoldReason,
+    MasterSku,
+    Order,
+    OrderEventKind,
+    OrderLine,
+    OrderStatus,
+    OutboxMessage,
+    OutboxStatus,
+    RefundState,
+    ReviewState,
+    RunStatus,
+    SkuMapping,
+    SyncError,
+    SyncRun,
+)
+
+# SQLite allows 32766 bound parameters per statement; keep multi-row statements well below.
+_CHUNK = 500
+
+
+def to_fen(amount: Decimal) -> int:
+    return int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def from_fen(fen: int) -> Decimal:
+    return (Decimal(fen) / 100).quantize(Decimal("0.01"))
+
+
+def to_grams(kg: Decimal | None) -> int | None:
+    if kg is None:
+        return None
+    return int((kg * 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def from_grams(grams: int | None) -> Decimal | None:
+    if grams is None:
+        return None
+    return (Decimal(grams) / 1000).quantize(Decimal("0.001"))
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def content_hash(order: Order) -> str:
+    return hashlib.sha256(order.model_dump_json().encode()).hexdigest()
+
+
+@dataclass
+class UpsertResult:
+    """What one versioned upsert did, per natural key."""
+
+    inserted: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    """An older version than the stored one arrived: ignored."""
+    events: list[tuple[str, OrderEventKind]] = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return len(self.inserted) + len(self.updated)
+
+
+@dataclass(frozen=True)
+class HeldOrder:
+    shop: str
+    platform_order_id: str
+    reason: str
+    detail: str
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class ShopSummary:
+    shop: str
+    cursor: datetime | None
+    orders: int
+    held: int
+    errors: int
+    last_run: SyncRun | None
+    auth_failed_at: datetime | None
+    auth_message: str
+
+
+@dataclass(frozen=True)
+class OutboxDepth:
+    target: str
+    kind: str
+    pending: int
+    dead: int
+    oldest_pending: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredOrder:
+    """An order as stored, with the hub's own state around it (for export and the admin API)."""
+
+    order: Order
+    review_state: ReviewState
+    hold_reason: str | None
+    hold_detail: str
+    shipped_elsewhere: bool
+    delivery_orders: tuple[dict[str, str], ...]
+
+    def export(self) -> dict[str, Any]:
+        o = self.order
+        return {
+            "shop": o.shop,
+            "platform": o.platform.value,
+            "platform_order_id": o.platform_order_id,
+            "status": o.status.value,
+            "platform_status": o.platform_status,
+            "created": o.created.isoformat(),
+            "paid_at": o.paid_at.isoformat() if o.paid_at else None,
+            "modified": o.modified.isoformat(),
+            "buyer_nick": o.buyer_nick,
+            "receiver": o.receiver.model_dump() if o.receiver else None,
+            "total": str(o.total),
+            "payment": str(o.payment),
+            "post_fee": str(o.post_fee),
+            "discount": str(o.discount),
+            "buyer_remark": o.buyer_remark,
+            "seller_remark": o.seller_remark,
+            "review_state": self.review_state.value,
+            "hold_reason": self.hold_reason,
+            "shipped_elsewhere": self.shipped_elsewhere,
+            "lines": [
+                {
+                    "line_id": line.line_id,
+                    "platform_item_id": line.platform_item_id,
+                    "platform_sku_id": line.platform_sku_id,
+                    "merchant_code": line.merchant_code,
+                    "title": line.title,
+                    "qty": line.qty,
+                    "price": str(line.price),
+                    "payment": str(line.payment),
+                    "refund_state": line.refund_state.value,
+                }
+                for line in o.lines
+            ],
+            "delivery_orders": list(self.delivery_orders),
+        }
+
+
+def _order_values(order: Order, now: datetime) -> dict[str, Any]:
+    return {
+        "shop": order.shop,
+        "platform": order.platform.value,
+        "platform_order_id": order.platform_order_id,
+        "status": order.status.value,
+        "platform_status": order.platform_status,
+        "status_rank": order.status.rank,
+        "modified": order.modified,
+        "content_hash": content_hash(order),
+        "created": order.created,
+        "paid_at": order.paid_at,
+        "buyer_nick": order.buyer_nick,
+        "receiver": order.receiver.model_dump() if order.receiver else None,
+        "province": order.receiver.province if order.receiver else "",
+        "total_fen": to_fen(order.total),
+        "payment_fen": to_fen(order.payment),
+        "post_fee_fen": to_fen(order.post_fee),
+        "discount_fen": to_fen(order.discount),
+        "buyer_remark": order.buyer_remark,
+        "seller_remark": order.seller_remark,
+        "updated_at": now,
+    }
+
+
+def _line_values(order_id: int, order: Order) -> list[dict[str, Any]]:
+    return [
+        {
+            "order_id": order_id,
+            "line_no": number,
+            "line_id": line.line_id,
+            "platform_item_id": line.platform_item_id,
+            "platform_sku_id": line.platform_sku_id,
+            "merchant_code": line.merchant_code,
+            "title": line.title,
+            "qty": line.qty,
+            "price_fen": to_fen(line.price),
+            "payment_fen": to_fen(line.payment),
+            "refund_state": line.refund_state.value,
+            "platform_status": line.platform_status,
+        }
+        for number, line in enumerate(order.lines, start=1)
+    ]
+
+
+def _order_from_rows(row: Row[Any], lines: Sequence[Row[Any]]) -> Order:
+    receiver = Address(**row.receiver) if row.receiver else None
+    return Order(
+        platform=row.platform,
+        shop=row.shop,
+        platform_order_id=row.platform_order_id,
+        status=OrderStatus(row.status),
+        platform_status=row.platform_status,
+        buyer_nick=row.buyer_nick,
+        receiver=receiver,
+        total=from_fen(row.total_fen),
+        payment=from_fen(row.payment_fen),
+        post_fee=from_fen(row.post_fee_fen),
+        discount=from_fen(row.discount_fen),
+        created=row.created,
+        paid_at=row.paid_at,
+        modified=row.modified,
+        buyer_remark=row.buyer_remark,
+        seller_remark=row.seller_remark,
+        lines=tuple(
+            OrderLine(
+                line_id=line.line_id,
+                platform_item_id=line.platform_item_id,
+                platform_sku_id=line.platform_sku_id,
+                merchant_code=line.merchant_code,
+                title=line.title,
+                qty=line.qty,
+                price=from_fen(line.price_fen),
+                payment=from_fen(line.payment_fen),
+                refund_state=RefundState(line.refund_state),
+                platform_status=line.platform_status,
+            )
+            for line in lines
+        ),
+    )
+
+
+def _events_for(old: Order | None, new: Order) -> list[OrderEventKind]:
+    """The business-relevant changes between two versions, for the later stages."""
+    if old is None:
+        events = [OrderEventKind.CREATED]
+        if new.status in (OrderStatus.PAID, OrderStatus.PAUSED):
+            events.append(OrderEventKind.PAID)
+        return events
+    events = []
+    if old.status != new.status:
+        by_status = {
+            OrderStatus.PAID: OrderEventKind.PAID,
+            OrderStatus.CLOSED: OrderEventKind.CLOSED,
+            OrderStatus.CANCELLED: OrderEventKind.CANCELLED,
+            OrderStatus.SHIPPED: OrderEventKind.SHIPPED,
+        }
+        paid_now = new.status == OrderStatus.PAID and old.status == OrderStatus.WAIT_PAY
+        if new.status in by_status and (new.status != OrderStatus.PAID or paid_now):
+            events.append(by_status[new.status])
+        else:
+            events.append(OrderEventKind.STATUS_CHANGED)
+    if old.receiver != new.receiver:
+        events.append(OrderEventKind.ADDRESS_CHANGED)
+    old_refunds = {line.line_id: line.refund_state for line in old.lines}
+    if any(
+        line.refund_state == RefundState.SUCCESS
+        and old_refunds.get(line.line_id) != RefundState.SUCCESS
+        for line in new.lines
+    ):
+        events.append(OrderEventKind.LINE_REFUNDED)
+    return events
+
+
+class Tx:
+    """One open transaction on the store. Obtain it from `Store.transaction()`."""
+
+    def __init__(self, connection: AsyncConnection, clock: Clock) -> None:
+        self.connection = connection
+        self.clock = clock
+
+    @property
+    def _dialect(self) -> str:
+        return self.connection.dialect.name
+
+    def _upsert(self, table: Table) -> Any:
+        """An INSERT that supports ON CONFLICT on both backends."""
+        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+
+    # --- orders ------------------------------------------------------------------------------
+
+    async def upsert_orders(self, orders: Sequence[Order]) -> UpsertResult:
+        """Store each order unless the stored version is newer or identical.
+
+        Newer means a later platform `modified`, then a higher status rank. An update is also
+        guarded in SQL, so a concurrent writer with a newer version is never overwritten.
+        """
+        result = UpsertResult()
+        latest: dict[tuple[str, str], Order] = {}
+        for order in orders:
+            key = (order.shop, order.platform_order_id)
+            if key in latest and latest[key].version > order.version:
+                result.stale.append(order.platform_order_id)
+                continue
+            latest[key] = order
+        if not latest:
+            return result
+        now = self.clock.now()
+        existing = await self._existing_orders(list(latest))
+        to_insert: list[Order] = []
+        to_update: list[tuple[int, Order, Order]] = []
+        for key, order in latest.items():
+            found = existing.get(key)
+            if found is None:
+                to_insert.append(order)
+                continue
+            order_id, stored_hash, stored = found
+            if stored.version > order.version:
+                result.stale.append(order.platform_order_id)
+            elif stored_hash == content_hash(order):
+                result.unchanged.append(order.platform_order_id)
+            else:
+                to_update.append((order_id, stored, order))
+        events: list[dict[str, Any]] = []
+        for order, order_id in await self._insert_orders(to_insert, now):
+            result.inserted.append(order.platform_order_id)
+            for kind in _events_for(None, order):
+                events.append({"order_id": order_id, "kind": kind.value, "created_at": now})
+                result.events.append((order.platform_order_id, kind))
+        for order_id, stored, order in to_update:
+            if await self._update_order(order_id, order, now):
+                result.updated.append(order.platform_order_id)
+                for kind in _events_for(stored, order):
+                    events.append({"order_id": order_id, "kind": kind.value, "created_at": now})
+                    result.events.append((order.platform_order_id, kind))
+            else:
+                result.stale.append(order.platform_order_id)
+        for chunk in _chunks(events):
+            await self.connection.execute(insert(t.order_events), list(chunk))
+        return result
+
+    async def _existing_orders(
+        self, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, str, Order]]:
+        found: dict[tuple[str, str], tuple[int, str, Order]] = {}
+        for chunk in _chunks(keys):
+            rows = (
+                await self.connection.execute(
+                    select(t.orders).where(
+                        tuple_(t.orders.c.shop, t.orders.c.platform_order_id).in_(list(chunk))
+                    )
+                )
+            ).all()
+            lines = await self._lines_of([row.id for row in rows])
+            for row in rows:
+                found[(row.shop, row.platform_order_id)] = (
+                    row.id,
+                    row.content_hash,
+                    _order_from_rows(row, lines.get(row.id, [])),
+                )
+        return found
+
+    async def _lines_of(self, order_ids: list[int]) -> dict[int, list[Row[Any]]]:
+        lines: dict[int, list[Row[Any]]] = {}
+        for chunk in _chunks(order_ids):
+            rows = await self.connection.execute(
+                select(t.order_lines)
+                .where(t.order_lines.c.order_id.in_(list(chunk)))
+                .order_by(t.order_lines.c.order_id, t.order_lines.c.line_no)
+            )
+            for row in rows:
+                lines.setdefault(row.order_id, []).append(row)
+        return lines
+
+    async def _insert_orders(self, orders: list[Order], now: datetime) -> list[tuple[Order, int]]:
+        inserted: list[tuple[Order, int]] = []
+        for chunk in _chunks(orders):
+            values = [
+                {
+                    **_order_values(o, now),
+                    "review_state": ReviewState.PENDING.value,
+                    "hold_reason": None,
+                    "hold_detail": "",
+                    "shipped_elsewhere": False,
+                    "first_seen_at": now,
+                }
+                for o in chunk
+            ]
+            rows = await self.connection.execute(
+                insert(t.orders).returning(
+                    t.orders.c.id, t.orders.c.shop, t.orders.c.platform_order_id
+                ),
+                values,
+            )
+            ids = {(r.shop, r.platform_order_id): r.id for r in rows}
+            pairs = [(o, ids[(o.shop, o.platform_order_id)]) for o in chunk]
+            line_values = [v for o, order_id in pairs for v in _line_values(order_id, o)]
+            for line_chunk in _chunks(line_values):
+                await self.connection.execute(insert(t.order_lines), list(line_chunk))
+            inserted.extend(pairs)
+        return inserted
+
+    async def _update_order(self, order_id: int, order: Order, now: datetime) -> bool:
+        table = t.orders
+        newer_or_same = or_(
+            table.c.modified < order.modified,
+            and_(table.c.modified == order.modified, table.c.status_rank <= order.status.rank),
+        )
+        updated = await self.connection.execute(
+            update(table)
+            .where(table.c.id == order_id, newer_or_same)
+            .values(**_order_values(order, now))
+        )
+        if updated.rowcount != 1:
+            return False
+        await self.connection.execute(
+            delete(t.order_lines).where(t.order_lines.c.order_id == order_id)
+        )
+        if order.lines:
+            await self.connection.execute(insert(t.order_lines), _line_values(order_id, order))
+        return True
+
+    async def get_order(self, shop: str, platform_order_id: str) -> StoredOrder | None:
+        row = (
+            await self.connection.execute(
+                select(t.orders).where(
+                    t.orders.c.shop == shop, t.orders.c.platform_order_id == platform_order_id
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        return (await self._stored([row]))[0]
+
+    async def _stored(self, rows: Sequence[Row[Any]]) -> list[StoredOrder]:
+        ids = [row.id for row in rows]
+        lines = await self._lines_of(ids)
+        deliveries: dict[int, list[dict[str, str]]] = {}
+        for chunk in _chunks(ids):
+            result = await self.connection.execute(
+                select(
+                    t.delivery_orders.c.order_id,
+                    t.delivery_orders.c.code,
+                    t.delivery_orders.c.warehouse,
+                    t.delivery_orders.c.state,
+                )
+                .where(t.delivery_orders.c.order_id.in_(list(chunk)))
+                .order_by(t.delivery_orders.c.code)
+            )
+            for d in result:
+                deliveries.setdefault(d.order_id, []).append(
+                    {"code": d.code, "warehouse": d.warehouse, "state": d.state}
+                )
+        return [
+            StoredOrder(
+                order=_order_from_rows(row, lines.get(row.id, [])),
+                review_state=ReviewState(row.review_state),
+                hold_reason=row.hold_reason,
+                hold_detail=row.hold_detail,
+                shipped_elsewhere=row.shipped_elsewhere,
+                delivery_orders=tuple(deliveries.get(row.id, [])),
+            )
+            for row in rows
+        ]
+
+    async def iter_orders(
+        self, shop: str | None = None, batch: int = 500
+    ) -> AsyncIterator[StoredOrder]:
+        """Every stored order in id order, fetched in batches (constant memory)."""
+        last_id = 0
+        while True:
+            query = select(t.orders).where(t.orders.c.id > last_id)
+            if shop is not None:
+                query = query.where(t.orders.c.shop == shop)
+            rows = (await self.connection.execute(query.order_by(t.orders.c.id).limit(batch))).all()
+            if not rows:
+                return
+            for stored in await self._stored(rows):
+                yield stored
+            last_id = rows[-1].id
+
+    async def set_review(
+        self,
+        shop: str,
+        platform_order_id: str,
+        state: ReviewState,
+        reason: HoldReason | None = None,
+        detail: str = "",
+    ) -> bool:
+        result = await self.connection.execute(
+            update(t.orders)
+            .where(t.orders.c.shop == shop, t.orders.c.platform_order_id == platform_order_id)
+            .values(
+                review_state=state.value,
+                hold_reason=reason.value if reason else None,
+                hold_detail=detail,
+                updated_at=self.clock.now(),
+            )
+        )
+        return result.rowcount == 1
+
+    async def held_orders(self, shop: str | None = None) -> list[HeldOrder]:
+        query = select(
+            t.orders.c.shop,
+            t.orders.c.platform_order_id,
+            t.orders.c.hold_reason,
+            t.orders.c.hold_detail,
+            t.orders.c.modified,
+        ).where(t.orders.c.review_state == ReviewState.HELD.value)
+        if shop is not None:
+            query = query.where(t.orders.c.shop == shop)
+        rows = await self.connection.execute(query.order_by(t.orders.c.shop, t.orders.c.modified))
+        return [
+            HeldOrder(r.shop, r.platform_order_id, r.hold_reason or "", r.hold_detail, r.modified)
+            for r in rows
+        ]
+
+    async def release_order(self, shop: str, platform_order_id: str) -> bool:
+        """Mark a held order released; the review step then routes it. False if it was not held."""
+        result = await self.connection.execute(
+            update(t.orders)
+            .where(
+                t.orders.c.shop == shop,
+                t.orders.c.platform_order_id == platform_order_id,
+                t.orders.c.review_state == ReviewState.HELD.value,
+            )
+            .values(
+                review_state=ReviewState.RELEASED.value,
+                hold_reason=None,
+                hold_detail="",
+                updated_at=self.clock.now(),
+            )
+        )
+        return result.rowcount == 1
+
+    async def order_events(self, shop: str, platform_order_id: str) -> list[OrderEventKind]:
+        rows = await self.connection.execute(
+            select(t.order_events.c.kind)
+            .join(t.orders, t.orders.c.id == t.order_events.c.order_id)
+            .where(t.orders.c.shop == shop, t.orders.c.platform_order_id == platform_order_id)
+            .order_by(t.order_events.c.id)
+        )
+        return [OrderEventKind(r.kind) for r in rows]
+
+    async def record_errors(self, errors: Sequence[SyncError], run_id: int | None = None) -> None:
+        now = self.clock.now()
+        values = [
+            {
+                "source": e.source,
+                "key": e.key,
+                "reason": e.reason,
+                "raw": e.raw,
+                "run_id": run_id,
+                "created_at": e.created_at or now,
+            }
+            for e in errors
+        ]
+        for chunk in _chunks(values):
+            await self.connection.execute(insert(t.sync_errors), list(chunk))
+
+    async def recent_errors(self, source: str | None = None, limit: int = 50) -> list[SyncError]:
+        query = select(t.sync_errors).order_by(t.sync_errors.c.id.desc()).limit(limit)
+        if source is not None:
+            query = query.where(t.sync_errors.c.source == source)
+        rows = await self.connection.execute(query)
+        return [
+            SyncError(
+                source=r.source, key=r.key, reason=r.reason, raw=r.raw, created_at=r.created_at
+            )
+            for r in rows
+        ]
+
+    # --- catalog -----------------------------------------------------------------------------
+
+    async def upsert_master_skus(self, skus: Sequence[MasterSku]) -> int:
+        now = self.clock.now()
+        values = [
+            {
+                "sku": s.sku,
+                "name": s.name,
+                "barcode": s.barcode,
+                "weight_g": to_grams(s.weight_kg) or 0,
+                "updated_at": now,
+            }
+            for s in skus
+        ]
+        for chunk in _chunks(values):
+            statement = self._upsert(t.master_skus).values(list(chunk))
+            await self.connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[t.master_skus.c.sku],
+                    set_={
+                        "name": statement.excluded.name,
+                        "barcode": statement.excluded.barcode,
+                        "weight_g": statement.excluded.weight_g,
+                        "updated_at": statement.excluded.updated_at,
+                    },
+                )
+            )
+        names = [s.sku for s in skus]
+        for chunk in _chunks(names):
+            await self.connection.execute(
+                delete(t.bundle_components).where(t.bundle_components.c.bundle_sku.in_(chunk))
+            )
+        components = [
+            {"bundle_sku": s.sku, "component_sku": c.sku, "qty": c.qty}
+            for s in skus
+            for c in s.components
+        ]
+        for chunk in _chunks(components):
+            await self.connection.execute(insert(t.bundle_components), list(chunk))
+        return len(skus)
+
+    async def upsert_mappings(self, mappings: Sequence[SkuMapping]) -> int:
+        values = [
+            {"shop": m.shop, "platform_sku": m.platform_sku, "sku": m.sku, "qty": m.qty}
+            for m in mappings
+        ]
+        for chunk in _chunks(values):
+            statement = self._upsert(t.sku_mappings).values(list(chunk))
+            await self.connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[t.sku_mappings.c.shop, t.sku_mappings.c.platform_sku],
+                    set_={"sku": statement.excluded.sku, "qty": statement.excluded.qty},
+                )
+            )
+        return len(mappings)
+
+    async def master_skus(self) -> dict[str, MasterSku]:
+        components: dict[str, list[BundleComponent]] = {}
+        for row in await self.connection.execute(
+            select(t.bundle_components).order_by(
+                t.bundle_components.c.bundle_sku, t.bundle_components.c.component_sku
+            )
+        ):
+            components.setdefault(row.bundle_sku, []).append(
+                BundleComponent(sku=row.component_sku, qty=row.qty)
+            )
+        rows = await self.connection.execute(select(t.master_skus).order_by(t.master_skus.c.sku))
+        return {
+            r.sku: MasterSku(
+                sku=r.sku,
+                name=r.name,
+                barcode=r.barcode,
+                weight_kg=from_grams(r.weight_g) or Decimal(0),
+                components=tuple(components.get(r.sku, ())),
+            )
+            for r in rows
+        }
+
+    async def sku_mappings(self) -> list[SkuMapping]:
+        rows = await self.connection.execute(
+            select(t.sku_mappings).order_by(t.sku_mappings.c.shop, t.sku_mappings.c.platform_sku)
+        )
+        return [
+            SkuMapping(shop=r.shop, platform_sku=r.platform_sku, sku=r.sku, qty=r.qty) for r in rows
+        ]
+
+    # --- cursors, runs, shop state -----------------------------------------------------------
+
+    async def get_cursor(self, shop: str, stream: str) -> Cursor | None:
+        row = (
+            await self.connection.execute(
+                select(t.cursors).where(t.cursors.c.shop == shop, t.cursors.c.stream == stream)
+            )
+        ).first()
+        if row is None:
+            return None
+        return Cursor(
+            shop=row.shop, stream=row.stream, position=row.position, updated_at=row.updated_at
+        )
+
+    async def set_cursor(self, cursor: Cursor) -> None:
+        statement = self._upsert(t.cursors).values(
+            shop=cursor.shop,
+            stream=cursor.stream,
+            position=cursor.position,
+            updated_at=self.clock.now(),
+        )
+        await self.connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[t.cursors.c.shop, t.cursors.c.stream],
+                set_={
+                    "position": statement.excluded.position,
+                    "updated_at": statement.excluded.updated_at,
+                },
+            )
+        )
+
+    async def start_run(self, job: str, shop: str | None = None, owner: str = "") -> int:
+        row = await self.connection.execute(
+            insert(t.sync_runs)
+            .values(
+                job=job,
+                shop=shop,
+                owner=owner,
+                started_at=self.clock.now(),
+                status=RunStatus.RUNNING.value,
+            )
+            .returning(t.sync_runs.c.id)
+        )
+        return int(row.scalar_one())
+
+    async def finish_run(self, run: SyncRun) -> None:
+        if run.id is None:
+            raise ValueError("run has no id")
+        await self.connection.execute(
+            update(t.sync_runs)
+            .where(t.sync_runs.c.id == run.id)
+            .values(
+                finished_at=run.finished_at or self.clock.now(),
+                status=run.status.value,
+                windows=run.windows,
+                pages=run.pages,
+                orders_seen=run.orders_seen,
+                orders_written=run.orders_written,
+                errors=run.errors,
+                message=run.message,
+            )
+        )
+
+    async def runs(
+        self, job: str | None = None, shop: str | None = None, limit: int = 20
+    ) -> list[SyncRun]:
+        query = select(t.sync_runs).order_by(t.sync_runs.c.id.desc()).limit(limit)
+        if job is not None:
+            query = query.where(t.sync_runs.c.job == job)
+        if shop is not None:
+            query = query.where(t.sync_runs.c.shop == shop)
+        return [_run_from_row(r) for r in await self.connection.execute(query)]
+
+    async def flag_auth_failure(self, shop: str, message: str) -> None:
+        now = self.clock.now()
+        statement = self._upsert(t.shop_state).values(
+            shop=shop, auth_failed_at=now, auth_message=message, updated_at=now
+        )
+        await self.connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[t.shop_state.c.shop],
+                set_={
+                    "auth_failed_at": statement.excluded.auth_failed_at,
+                    "auth_message": statement.excluded.auth_message,
+                    "updated_at": statement.excluded.updated_at,
+                },
+            )
+        )
+
+    async def clear_auth_failure(self, shop: str) -> None:
+        await self.connection.execute(
+            update(t.shop_state)
+            .where(t.shop_state.c.shop == shop)
+            .values(auth_failed_at=None, auth_message="", updated_at=self.clock.now())
+        )
+
+    # --- outbox (writing and counting; the dispatcher's claim lives with it) -----------------
+
+    async def enqueue(self, messages: Sequence[OutboxMessage]) -> int:
+        """Write messages; a message whose idempotency key exists already is skipped.
+
+        Returns how many were new. Messages with a `subject` supersede the pending ones of the same
+        subject (a newer stock value replaces a queued older one)."""
+        if not messages:
+            return 0
+        now = self.clock.now()
+        keys = [m.idempotency_key for m in messages]
+        subjects = [m.subject for m in messages if m.subject]
+        for chunk in _chunks(subjects):
+            await self.connection.execute(
+                update(t.outbox)
+                .where(
+                    t.outbox.c.subject.in_(list(chunk)),
+                    t.outbox.c.idempotency_key.not_in(keys),
+                    t.outbox.c.status == OutboxStatus.PENDING.value,
+                    t.outbox.c.claimed_by.is_(None),
+                )
+                .values(status=OutboxStatus.SUPERSEDED.value, updated_at=now, done_at=now)
+            )
+        values = [
+            {
+                "kind": m.kind,
+                "target": m.target,
+                "idempotency_key": m.idempotency_key,
+                "subject": m.subject,
+                "payload": m.payload,
+                "status": OutboxStatus.PENDING.value,
+                "attempts": 0,
+                "next_attempt_at": m.next_attempt_at or now,
+                "last_error": "",
+                "ambiguous": False,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for m in messages
+        ]
+        new = 0
+        for chunk in _chunks(values):
+            statement = self._upsert(t.outbox).values(list(chunk))
+            # RETURNING, not rowcount: psycopg reports -1 for a multi-row INSERT … ON CONFLICT.
+            result = await self.connection.execute(
+                statement.on_conflict_do_nothing(
+                    index_elements=[t.outbox.c.idempotency_key]
+                ).returning(t.outbox.c.id)
+            )
+            new += len(result.all())
+        return new
+
+    async def outbox_depth(self) -> list[OutboxDepth]:
+        rows = await self.connection.execute(
+            select(
+                t.outbox.c.target,
+                t.outbox.c.kind,
+                t.outbox.c.status,
+                func.count(),
+                func.min(t.outbox.c.created_at),
+            )
+            .where(t.outbox.c.status.in_([OutboxStatus.PENDING.value, OutboxStatus.DEAD.value]))
+            .group_by(t.outbox.c.target, t.outbox.c.kind, t.outbox.c.status)
+        )
+        depth: dict[tuple[str, str], dict[str, Any]] = {}
+        for target, kind, status, count, oldest in rows:
+            entry = depth.setdefault((target, kind), {"pending": 0, "dead": 0, "oldest": None})
+            entry[status] = count
+            if status == OutboxStatus.PENDING.value:
+                entry["oldest"] = oldest  # min() keeps the column type, so this is aware UTC
+        return [
+            OutboxDepth(target, kind, v["pending"], v["dead"], v["oldest"])
+            for (target, kind), v in sorted(depth.items())
+        ]
+
+    # --- leases ------------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, owner: str, ttl: timedelta) -> bool:
+        """Take or renew the lease when it is free, expired, or already ours."""
+        now = self.clock.now()
+        statement = self._upsert(t.leases).values(
+            name=name, owner=owner, acquired_at=now, expires_at=now + ttl
+        )
+        result = await self.connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[t.leases.c.name],
+                set_={
+                    "owner": statement.excluded.owner,
+                    "acquired_at": statement.excluded.acquired_at,
+                    "expires_at": statement.excluded.expires_at,
+                },
+                where=or_(t.leases.c.owner == owner, t.leases.c.expires_at < now),
+            ).returning(t.leases.c.name)
+        )
+        return result.first() is not None
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self.connection.execute(
+            delete(t.leases).where(t.leases.c.name == name, t.leases.c.owner == owner)
+        )
+
+    async def lease_owner(self, name: str) -> tuple[str, datetime] | None:
+        row = (
+            await self.connection.execute(select(t.leases).where(t.leases.c.name == name))
+        ).first()
+        return (row.owner, row.expires_at) if row else None
+
+    # --- status ------------------------------------------------------------------------------
+
+    async def shop_summaries(self, shops: Sequence[str]) -> list[ShopSummary]:
+        counts = {
+            (shop, state): n
+            for shop, state, n in await self.connection.execute(
+                select(t.orders.c.shop, t.orders.c.review_state, func.count()).group_by(
+                    t.orders.c.shop, t.orders.c.review_state
+                )
+            )
+        }
+        errors: dict[str, int] = {
+            source: n
+            for source, n in await self.connection.execute(
+                select(t.sync_errors.c.source, func.count()).group_by(t.sync_errors.c.source)
+            )
+        }
+        state = {r.shop: r for r in await self.connection.execute(select(t.shop_state))}
+        summaries = []
+        for shop in shops:
+            cursor = await self.get_cursor(shop, "orders")
+            last = await self.runs(shop=shop, limit=1)
+            total = sum(n for (s, _), n in counts.items() if s == shop)
+            summaries.append(
+                ShopSummary(
+                    shop=shop,
+                    cursor=cursor.position if cursor else None,
+                    orders=total,
+                    held=counts.get((shop, ReviewState.HELD.value), 0),
+                    errors=errors.get(shop, 0),
+                    last_run=last[0] if last else None,
+                    auth_failed_at=state[shop].auth_failed_at if shop in state else None,
+                    auth_message=state[shop].auth_message if shop in state else "",
+                )
+            )
+        return summaries
+
+
+def _run_from_row(row: Row[Any]) -> SyncRun:
+    return SyncRun(
+        id=row.id,
+        job=row.job,
+        shop=row.shop,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        status=RunStatus(row.status),
+        windows=row.windows,
+        pages=row.pages,
+        orders_seen=row.orders_seen,
+        orders_written=row.orders_written,
+        errors=row.errors,
+        message=row.message,
+    )
+
+
+class Store:
+    """The hub's central store on SQLite or PostgreSQL. One per process; share it."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock | None = None) -> None:
+        self.engine = engine
+        self.clock: Clock = clock or SystemClock()
+
+    @classmethod
+    def open(cls, database_url: str, clock: Clock | None = None, **engine_args: Any) -> "Store":
+        return cls(create_engine(database_url, **engine_args), clock)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self.engine.begin() as connection:
+            yield Tx(connection, self.clock)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def migration_state(self) -> tuple[str | None, str | None]:
+        """(current revision, head revision)."""
+        return await current_revision(self.engine), head_revision()
+
+    # Convenience wrappers: one short transaction each.
+
+    async def upsert_orders(self, orders: Sequence[Order]) -> UpsertResult:
+        async with self.transaction() as tx:
+            return await tx.upsert_orders(orders)
+
+    async def get_order(self, shop: str, platform_order_id: str) -> StoredOrder | None:
+        async with self.transaction() as tx:
+            return await tx.get_order(shop, platform_order_id)

@@ -1,0 +1,123 @@
+"""The CLI as an operator uses it: a subprocess per command against a real SQLite file."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MAIN = Path(__file__).resolve().parents[1] / "main.py"
+
+CONFIG = """
+database_url = "sqlite:///{db}"
+[[shops]]
+code = "tmall-flagship"
+platform = "tmall"
+api_url = "http://127.0.0.1:1/router/rest"
+app_key = "12345678"
+app_secret = "top-secret-value"
+access_token = "session-token-value"
+[[warehouses]]
+code = "WH-EAST"
+api_url = "http://127.0.0.1:1/router/qimen/service"
+app_key = "wmskey"
+app_secret = "wms-secret-value"
+customer_id = "OWNER1"
+default_carrier = "SF"
+"""
+
+
+def ecomhub(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(MAIN), "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "ecomhub.toml"
+    path.write_text(CONFIG.format(db=tmp_path / "data" / "hub.db"), encoding="utf-8")
+    return path
+
+
+def test_status_before_upgrade_says_what_to_do(config: Path) -> None:
+    proc = ecomhub(config, "status")
+    assert proc.returncode == 1
+    assert "run `ecomhub db upgrade`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_upgrade_status_catalog_export(config: Path, tmp_path: Path) -> None:
+    assert ecomhub(config, "db", "upgrade").returncode == 0
+    assert ecomhub(config, "db", "upgrade").returncode == 0  # idempotent
+
+    status = ecomhub(config, "status", "--format", "json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["shops"][0]["code"] == "tmall-flagship"
+    assert report["shops"][0]["orders"] == 0
+    assert report["warehouses"] == [{"code": "WH-EAST", "outbox_pending": 0, "dead_letters": 0}]
+    assert "tmall-flagship" in ecomhub(config, "status").stdout
+
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(
+        "\ufeffsku,name,barcode,weight_kg,bundle_of\n"
+        "A,杯子,690001,0.35,\n"
+        "B,盖子,,0.05,\n"
+        "GIFT,礼盒,,,A*2;B\n"
+        ",no sku,,1,\n"
+        "C,bad weight,,heavy,\n",
+        encoding="utf-8",
+    )
+    proc = ecomhub(config, "catalog", "import", str(catalog))
+    assert proc.returncode == 0, proc.stderr
+    assert "imported 3 master SKUs" in proc.stdout and "2 lines skipped" in proc.stdout
+    assert "line 5: empty sku" in proc.stderr and "line 6" in proc.stderr
+
+    mappings = tmp_path / "mappings.csv"
+    mappings.write_text("shop,platform_sku,sku,qty\n,5000123,GIFT,1\n", encoding="utf-8")
+    assert "1 mappings" in ecomhub(config, "catalog", "import", str(mappings)).stdout
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("what,ever\n1,2\n")
+    proc = ecomhub(config, "catalog", "import", str(bad))
+    assert proc.returncode == 1 and "unknown header" in proc.stderr
+
+    export = ecomhub(config, "orders", "export", "--format", "jsonl")
+    assert export.returncode == 0 and export.stdout == ""
+    assert "exported 0 orders" in export.stderr
+
+    held = ecomhub(config, "orders", "held", "--format", "json")
+    assert held.returncode == 0 and json.loads(held.stdout) == []
+    release = ecomhub(config, "orders", "release", "tmall-flagship", "42")
+    assert release.returncode == 1 and "is not held" in release.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run"],
+        ["sync", "orders"],
+        ["sync", "inventory"],
+        ["sync", "erp"],
+        ["push"],
+        ["outbox", "dead"],
+        ["outbox", "replay", "--all"],
+        ["reconcile", "inventory", "--warehouse", "WH-EAST"],
+        ["reconcile", "logistics", "--carrier", "SF", "--bill", "x.csv"],
+    ],
+)
+def test_commands_not_built_yet_say_so_and_exit_1(config: Path, command: list[str]) -> None:
+    proc = ecomhub(config, *command)
+    assert proc.returncode == 1
+    assert "not built yet" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_usage_exits_2(config: Path) -> None:
+    assert ecomhub(config, "orders", "release").returncode == 2
+    assert ecomhub(config, "no-such-command").returncode == 2
+    assert ecomhub(config, "orders", "export", "--format", "csv").returncode == 2
