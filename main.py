@@ -357,7 +357,7 @@ def catalog_import(
 
     async def work(store: Store) -> Any:
         try:
-            return await import_catalog(store, file)
+            return await import_catalog(store, settings, file)
         except CatalogFileError as exc:
             raise HubError(str(exc)) from None
 
@@ -367,6 +367,7 @@ def catalog_import(
     out.print(
         f"imported {len(result.skus)} master SKUs, {len(result.mappings)} mappings"
         + (f"; {len(result.errors)} lines skipped" if result.errors else "")
+        + (f"; {result.requeued} held orders reviewed again" if result.requeued else "")
     )
 
 

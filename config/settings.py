@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.durations import Duration
 
@@ -231,6 +231,19 @@ class Settings(BaseSettings):
                     f"one of the [[carriers]] codes {sorted(carriers)}"
                 )
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `config.loader` layers file, environment and secret files itself (pydantic-settings'
+        # merge cannot address list entries such as one shop's secret); here only its result counts.
+        return (init_settings,)
 
     def shop(self, code: str) -> ShopConfig:
         for shop in self.shops:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Row,
     Table,
     and_,
+    case,
     delete,
     func,
     insert,
@@ -439,7 +440,15 @@ class Tx:
         updated = await self.connection.execute(
             update(table)
             .where(table.c.id == order_id, newer_or_same)
-            .values(**_order_values(order, now))
+            .values(
+                **_order_values(order, now),
+                # A held order that changed (address fixed, unpaused, line refunded) is reviewed
+                # again; an operator's release stands.
+                review_state=case(
+                    (table.c.review_state == ReviewState.HELD.value, ReviewState.PENDING.value),
+                    else_=table.c.review_state,
+                ),
+            )
         )
         if updated.rowcount != 1:
             return False
@@ -528,6 +537,49 @@ class Tx:
             )
         )
         return result.rowcount == 1
+
+    async def pending_review(
+        self, shops: Sequence[str] | None = None, limit: int = 5000
+    ) -> list[Order]:
+        """Orders waiting for review that can be decided now (not those still unpaid)."""
+        query = (
+            select(t.orders)
+            .where(
+                t.orders.c.review_state == ReviewState.PENDING.value,
+                t.orders.c.status != OrderStatus.WAIT_PAY.value,
+            )
+            .order_by(t.orders.c.id)
+            .limit(limit)
+        )
+        if shops is not None:
+            query = query.where(t.orders.c.shop.in_(list(shops)))
+        rows = (await self.connection.execute(query)).all()
+        lines = await self._lines_of([row.id for row in rows])
+        return [_order_from_rows(row, lines.get(row.id, [])) for row in rows]
+
+    async def requeue_held(self, reason: HoldReason) -> int:
+        """Send orders held for `reason` back to review (after the cause was fixed in bulk)."""
+        result = await self.connection.execute(
+            update(t.orders)
+            .where(
+                t.orders.c.review_state == ReviewState.HELD.value,
+                t.orders.c.hold_reason == reason.value,
+            )
+            .values(review_state=ReviewState.PENDING.value, updated_at=self.clock.now())
+        )
+        return int(result.rowcount)
+
+    async def mark_shipped_elsewhere(self, shop: str, platform_order_id: str) -> None:
+        """First seen already shipped: shipped by hand or by another system; never pushed."""
+        await self.connection.execute(
+            update(t.orders)
+            .where(t.orders.c.shop == shop, t.orders.c.platform_order_id == platform_order_id)
+            .values(
+                review_state=ReviewState.NOT_APPLICABLE.value,
+                shipped_elsewhere=True,
+                updated_at=self.clock.now(),
+            )
+        )
 
     async def held_orders(self, shop: str | None = None) -> list[HeldOrder]:
         query = select(

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from models.domain import BundleComponent, MasterSku, SkuMapping
+from config import Settings
+from models.domain import BundleComponent, HoldReason, MasterSku, SkuMapping
 from models.store import Store
+from sync.review import review_pending
 
 SKU_COLUMNS = ("sku", "name", "barcode", "weight_kg")
 MAPPING_COLUMNS = ("platform_sku", "sku")
@@ -31,6 +33,8 @@ class CatalogFile:
     mappings: list[SkuMapping] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     """`line N: reason` for each line that was skipped."""
+    requeued: int = 0
+    """Orders held for unknown SKUs that were reviewed again after the import."""
 
 
 def parse_bundle(text: str) -> tuple[BundleComponent, ...]:
@@ -110,12 +114,16 @@ def _mapping_line(values: dict[str, str], result: CatalogFile) -> None:
     )
 
 
-async def import_catalog(store: Store, path: Path) -> CatalogFile:
-    """Parse the file and store its good lines in one transaction."""
+async def import_catalog(store: Store, settings: Settings, path: Path) -> CatalogFile:
+    """Store the file's good lines, and review again the orders held for unknown SKUs (in one
+    transaction): those whose SKUs are now known pass; the others stay held."""
     parsed = parse_catalog(path)
     async with store.transaction() as tx:
         if parsed.skus:
             await tx.upsert_master_skus(parsed.skus)
         if parsed.mappings:
             await tx.upsert_mappings(parsed.mappings)
+        parsed.requeued = await tx.requeue_held(HoldReason.UNKNOWN_SKU)
+        if parsed.requeued:
+            await review_pending(tx, settings)
     return parsed

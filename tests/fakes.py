@@ -1,0 +1,95 @@
+"""In-memory fakes of the connector protocols, for engine tests (STYLE 13: fakes, not mocks).
+
+`FakeMarketplace` behaves like the platforms where it matters to the engine: results newest first,
+whole-second inclusive windows, a reported total, a maximum page size, and knobs for drift (orders
+modified while a client pages), visibility latency and injected errors. tests/test_fakes.py tests it.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from connectors.base import (
+    Listing,
+    OrderPage,
+    ShipRequest,
+    ShipResult,
+    StockResult,
+    StockUpdate,
+)
+from connectors.errors import ConnectorError, RejectedError
+from models.clock import FixedClock
+from models.domain import Order, OrderStatus, SyncError
+
+
+@dataclass
+class FakeMarketplace:
+    platform: str = "tmall"
+    page_size: int = 100
+    clock: FixedClock = field(default_factory=FixedClock)
+    orders: dict[str, Order] = field(default_factory=dict)
+    visible_from: dict[str, datetime] = field(default_factory=dict)
+    malformed: list[tuple[datetime, SyncError]] = field(default_factory=list)
+    failures: list[ConnectorError] = field(default_factory=list)
+    """Raised, one per call, before answering the next search calls."""
+    on_page: Callable[["FakeMarketplace", int], None] | None = None
+    """Called after each page is served (to simulate drift)."""
+    calls: list[tuple[datetime, datetime, int]] = field(default_factory=list)
+    shipped: list[ShipRequest] = field(default_factory=list)
+
+    def put(self, order: Order, visible_after: timedelta = timedelta(0)) -> None:
+        self.orders[order.platform_order_id] = order
+        self.visible_from[order.platform_order_id] = order.modified + visible_after
+
+    def modify(self, order_id: str, modified: datetime, **changes: object) -> None:
+        order = self.orders[order_id].model_copy(update={"modified": modified, **changes})
+        self.put(order)
+
+    def _window(self, start: datetime, end: datetime) -> list[Order]:
+        now = self.clock.now()
+        found = [
+            o
+            for o in self.orders.values()
+            if start <= o.modified <= end and self.visible_from[o.platform_order_id] <= now
+        ]
+        return sorted(found, key=lambda o: (o.modified, o.platform_order_id), reverse=True)
+
+    async def search_orders(
+        self, start: datetime, end: datetime, page: int, page_size: int
+    ) -> OrderPage:
+        if page_size > 100:
+            raise RejectedError("page_size over 100", code="41")
+        if end - start > timedelta(days=1):
+            raise RejectedError("window over one day", code="41")
+        self.calls.append((start, end, page))
+        if self.failures:
+            raise self.failures.pop(0)
+        window = self._window(start, end)
+        errors = tuple(e for t, e in self.malformed if start <= t <= end and page == 1)
+        chosen = tuple(window[(page - 1) * page_size : page * page_size])
+        result = OrderPage(
+            orders=chosen, errors=errors, total=len(window), page=page, page_size=page_size
+        )
+        if self.on_page is not None:
+            self.on_page(self, page)
+        return result
+
+    async def get_order(self, platform_order_id: str) -> Order | None:
+        return self.orders.get(platform_order_id)
+
+    async def ship(self, request: ShipRequest) -> ShipResult:
+        order = self.orders[request.platform_order_id]
+        if order.status == OrderStatus.SHIPPED:
+            return ShipResult(already_shipped=True)
+        self.shipped.append(request)
+        self.modify(request.platform_order_id, self.clock.now(), status=OrderStatus.SHIPPED)
+        return ShipResult()
+
+    async def listings(self) -> Sequence[Listing]:
+        return []
+
+    async def update_stock(self, updates: Sequence[StockUpdate]) -> StockResult:
+        return StockResult(done=tuple(updates))
+
+    async def aclose(self) -> None:
+        pass
