@@ -886,6 +886,167 @@ class Tx:
             new += len(result.all())
         return new
 
+    async def claim_outbox(
+        self,
+        owner: str,
+        limit: int,
+        ttl: timedelta,
+        *,
+        targets: Sequence[str] | None = None,
+        exclude_targets: Sequence[str] = (),
+    ) -> list[OutboxMessage]:
+        """Claim due messages for `owner` until `ttl` from now, oldest first.
+
+        The claim counts as an attempt and is committed before anything is sent, so a message with
+        `attempts > 0` may have reached its target (a crash between send and record): its handler
+        must ask before sending again. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets several
+        dispatchers claim side by side; the conditional UPDATE guards both backends."""
+        now = self.clock.now()
+        claimable = and_(
+            t.outbox.c.status == OutboxStatus.PENDING.value,
+            t.outbox.c.next_attempt_at <= now,
+            or_(t.outbox.c.claimed_until.is_(None), t.outbox.c.claimed_until < now),
+        )
+        query = select(t.outbox.c.id).where(claimable).order_by(t.outbox.c.id).limit(limit)
+        if targets is not None:
+            query = query.where(t.outbox.c.target.in_(list(targets)))
+        if exclude_targets:
+            query = query.where(t.outbox.c.target.not_in(list(exclude_targets)))
+        if self._dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        ids = [row.id for row in await self.connection.execute(query)]
+        if not ids:
+            return []
+        rows = await self.connection.execute(
+            update(t.outbox)
+            .where(t.outbox.c.id.in_(ids), claimable)
+            .values(
+                claimed_by=owner,
+                claimed_until=now + ttl,
+                attempts=t.outbox.c.attempts + 1,
+                updated_at=now,
+            )
+            .returning(*t.outbox.c)
+        )
+        return sorted((_outbox_from_row(r) for r in rows), key=lambda m: m.id or 0)
+
+    async def complete_outbox(self, message_id: int, owner: str) -> bool:
+        now = self.clock.now()
+        result = await self.connection.execute(
+            update(t.outbox)
+            .where(t.outbox.c.id == message_id, t.outbox.c.claimed_by == owner)
+            .values(
+                status=OutboxStatus.DONE.value,
+                claimed_by=None,
+                claimed_until=None,
+                last_error="",
+                ambiguous=False,
+                updated_at=now,
+                done_at=now,
+            )
+        )
+        return result.rowcount == 1
+
+    async def retry_outbox(
+        self,
+        message_id: int,
+        owner: str,
+        error: str,
+        next_attempt_at: datetime | None,
+        *,
+        ambiguous: bool,
+    ) -> bool:
+        """Record a failed attempt: try again at `next_attempt_at`, or dead-letter it (None)."""
+        now = self.clock.now()
+        values: dict[str, Any] = {
+            "claimed_by": None,
+            "claimed_until": None,
+            "last_error": error[:2000],
+            "ambiguous": ambiguous,
+            "updated_at": now,
+        }
+        if next_attempt_at is None:
+            values.update(status=OutboxStatus.DEAD.value, done_at=now)
+        else:
+            values.update(next_attempt_at=next_attempt_at)
+        result = await self.connection.execute(
+            update(t.outbox)
+            .where(t.outbox.c.id == message_id, t.outbox.c.claimed_by == owner)
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    async def release_outbox_claims(self, owner: str) -> int:
+        """Give back unfinished claims (on shutdown), so another dispatcher takes them at once."""
+        result = await self.connection.execute(
+            update(t.outbox)
+            .where(
+                t.outbox.c.claimed_by == owner,
+                t.outbox.c.status == OutboxStatus.PENDING.value,
+            )
+            .values(claimed_by=None, claimed_until=None, updated_at=self.clock.now())
+        )
+        return int(result.rowcount)
+
+    async def dead_letters(self, limit: int = 200) -> list[OutboxMessage]:
+        rows = await self.connection.execute(
+            select(t.outbox)
+            .where(t.outbox.c.status == OutboxStatus.DEAD.value)
+            .order_by(t.outbox.c.id)
+            .limit(limit)
+        )
+        return [_outbox_from_row(r) for r in rows]
+
+    async def replay_dead(self, ids: Sequence[int] | None) -> list[int]:
+        """Send dead letters again (all of them when `ids` is None); returns the ids revived.
+
+        Attempts are not reset: the message may have reached its target before, so its handler
+        still asks before sending again."""
+        now = self.clock.now()
+        statement = (
+            update(t.outbox)
+            .where(t.outbox.c.status == OutboxStatus.DEAD.value)
+            .values(
+                status=OutboxStatus.PENDING.value,
+                next_attempt_at=now,
+                claimed_by=None,
+                claimed_until=None,
+                done_at=None,
+                updated_at=now,
+            )
+            .returning(t.outbox.c.id)
+        )
+        if ids is not None:
+            statement = statement.where(t.outbox.c.id.in_(list(ids)))
+        return sorted(row.id for row in await self.connection.execute(statement))
+
+    async def outbox_message(self, message_id: int) -> OutboxMessage | None:
+        row = (
+            await self.connection.execute(select(t.outbox).where(t.outbox.c.id == message_id))
+        ).first()
+        return _outbox_from_row(row) if row else None
+
+    async def outbox_messages(
+        self, kind: str | None = None, status: OutboxStatus | None = None
+    ) -> list[OutboxMessage]:
+        query = select(t.outbox).order_by(t.outbox.c.id)
+        if kind is not None:
+            query = query.where(t.outbox.c.kind == kind)
+        if status is not None:
+            query = query.where(t.outbox.c.status == status.value)
+        return [_outbox_from_row(r) for r in await self.connection.execute(query)]
+
+    async def next_outbox_due(self) -> datetime | None:
+        """When the earliest pending message becomes due (for a dispatcher's sleep)."""
+        value = (
+            await self.connection.execute(
+                select(func.min(t.outbox.c.next_attempt_at)).where(
+                    t.outbox.c.status == OutboxStatus.PENDING.value
+                )
+            )
+        ).scalar()
+        return value if isinstance(value, datetime) else None
+
     async def outbox_depth(self) -> list[OutboxDepth]:
         rows = await self.connection.execute(
             select(
@@ -977,6 +1138,23 @@ class Tx:
                 )
             )
         return summaries
+
+
+def _outbox_from_row(row: Row[Any]) -> OutboxMessage:
+    return OutboxMessage(
+        id=row.id,
+        kind=row.kind,
+        target=row.target,
+        idempotency_key=row.idempotency_key,
+        subject=row.subject,
+        payload=row.payload,
+        status=OutboxStatus(row.status),
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        last_error=row.last_error,
+        ambiguous=row.ambiguous,
+        created_at=row.created_at,
+    )
 
 
 def _run_from_row(row: Row[Any]) -> SyncRun:

@@ -7,6 +7,7 @@ drops it at the end. Without a reachable server those tests are skipped with the
 """
 
 import asyncio
+import logging
 import os
 import shutil
 import uuid
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -25,6 +27,9 @@ from models.store import Store
 from models.tables import metadata
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+# Tests log through structlog like the product; keep the captured output to warnings and up.
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 def _pg_admin_url() -> str:

@@ -223,3 +223,25 @@ def test_redactor_removes_values_and_secret_fields() -> None:
     assert event["access_token"] == "**redacted**"
     assert event["app_key"] == "visible"
     assert event["nested"]["app_secret"] == "**redacted**"
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    """deploy/ecomhub.example.toml loads once its secret files exist."""
+    example = Path(__file__).resolve().parents[1] / "deploy" / "ecomhub.example.toml"
+    text = example.read_text(encoding="utf-8").replace("/etc/ecomhub/", f"{tmp_path}/")
+    for name in (
+        "admin_token",
+        "tmall-flagship.secret",
+        "tmall-flagship.session",
+        "jd-store.secret",
+        "jd-store.token",
+        "wh-east.secret",
+    ):
+        (tmp_path / name).write_text(f"value-of-{name}")
+    (tmp_path / "rates").mkdir()
+    (tmp_path / "rates" / "sf.csv").write_text(RATES, encoding="utf-8")
+    path = tmp_path / "ecomhub.toml"
+    path.write_text(text, encoding="utf-8")
+    settings = load_settings(path, environ={})
+    assert [s.code for s in settings.shops] == ["tmall-flagship", "jd-store"]
+    assert settings.shops[0].app_secret.get_secret_value() == "value-of-tmall-flagship.secret"

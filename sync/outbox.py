@@ -1,0 +1,211 @@
+"""The outbox dispatcher: every effect on an external system is a message, sent exactly once.
+
+A message is written in the same transaction as the state change that causes it (a route writes
+`wms.create`, a refund `wms.cancel`, a shipment `platform.ship`). The dispatcher claims due
+messages, hands each to the handler registered for its kind, and records the outcome:
+
+- the handler returns → `done`;
+- `AmbiguousError` (the request may have arrived) or `TransientError` → retried on the schedule,
+  `RateLimited` not before its ban ends;
+- `RejectedError` (the target said no) → dead letter at once, with the target's message;
+- other failures (auth, unreadable answers, bugs) → retried on the schedule, then dead.
+
+A claim counts as an attempt and is committed before the handler runs, so a message whose
+`attempts > 1` may have reached its target already (a timeout, or a crash after sending):
+handlers call `maybe_sent(message)` and ask the target before sending again. Per-target
+semaphores keep one slow warehouse or throttled shop from starving the others.
+"""
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from connectors.errors import (
+    AmbiguousError,
+    ConnectorError,
+    RateLimited,
+    RejectedError,
+    TransientError,
+)
+from models.clock import Clock, SystemClock
+from models.domain import OutboxMessage
+from models.store import Store
+
+Handler = Callable[[OutboxMessage], Awaitable[None]]
+
+log = structlog.get_logger("ecomhub.sync.outbox")
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """When to try a failed message again: attempt n waits `delays[n-1]` seconds (the last delay
+    repeats), ± `jitter` of it; after `max_attempts` attempts the message is a dead letter."""
+
+    delays: tuple[float, ...] = (2, 10, 30, 120, 600, 1800, 3600)
+    jitter: float = 0.2
+    max_attempts: int = 10
+
+    def next_attempt(
+        self, attempts: int, now: datetime, rng: random.Random, not_before: float = 0.0
+    ) -> datetime | None:
+        if attempts >= self.max_attempts:
+            return None
+        delay = self.delays[min(max(attempts, 1), len(self.delays)) - 1]
+        delay *= 1 + rng.uniform(-self.jitter, self.jitter)
+        return now + timedelta(seconds=max(delay, not_before))
+
+
+def maybe_sent(message: OutboxMessage) -> bool:
+    """Could an earlier attempt of this message have reached its target?"""
+    return message.attempts > 1 or message.ambiguous
+
+
+class HandlerMissing(Exception):
+    """No handler is registered for a message kind (a bug or a half-deployed upgrade)."""
+
+
+@dataclass
+class DrainStats:
+    done: int = 0
+    retried: int = 0
+    dead: int = 0
+    by_target: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def handled(self) -> int:
+        return self.done + self.retried + self.dead
+
+
+class Dispatcher:
+    """Claims and sends outbox messages; one per process, any number per database."""
+
+    def __init__(
+        self,
+        store: Store,
+        handlers: Mapping[str, Handler],
+        *,
+        owner: str,
+        schedule: RetrySchedule | None = None,
+        per_target: int = 4,
+        batch: int = 200,
+        claim_ttl: timedelta = timedelta(minutes=2),
+        clock: Clock | None = None,
+        seed: int | None = None,
+        on_outcome: Callable[[OutboxMessage, str, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.handlers = dict(handlers)
+        self.owner = owner
+        self.schedule = schedule or RetrySchedule()
+        self.per_target = per_target
+        self.batch = batch
+        self.claim_ttl = claim_ttl
+        self.clock = clock or store.clock or SystemClock()
+        self.rng = random.Random(seed)
+        self.on_outcome = on_outcome
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self.wake = asyncio.Event()
+
+    def _limit(self, target: str) -> asyncio.Semaphore:
+        if target not in self._limits:
+            self._limits[target] = asyncio.Semaphore(self.per_target)
+        return self._limits[target]
+
+    async def drain_once(self) -> DrainStats:
+        """Send everything that is due now (including what becomes due while sending, e.g. a
+        message written by a handler), then return."""
+        stats = DrainStats()
+        while True:
+            async with self.store.transaction() as tx:
+                claimed = await tx.claim_outbox(self.owner, self.batch, self.claim_ttl)
+            if not claimed:
+                return stats
+            await asyncio.gather(*(self._send(message, stats) for message in claimed))
+
+    async def _send(self, message: OutboxMessage, stats: DrainStats) -> None:
+        async with self._limit(message.target):
+            outcome, error, retry_at, ambiguous = await self._attempt(message)
+        assert message.id is not None
+        async with self.store.transaction() as tx:
+            if outcome == "done":
+                recorded = await tx.complete_outbox(message.id, self.owner)
+            else:
+                recorded = await tx.retry_outbox(
+                    message.id, self.owner, error, retry_at, ambiguous=ambiguous
+                )
+        if not recorded:
+            log.warning("claim lost before the outcome was recorded", message_id=message.id)
+        if outcome == "done":
+            stats.done += 1
+        elif retry_at is None:
+            stats.dead += 1
+            outcome = "dead"
+        else:
+            stats.retried += 1
+        stats.by_target[message.target] = stats.by_target.get(message.target, 0) + 1
+        if self.on_outcome is not None:
+            self.on_outcome(message, outcome, error)
+
+    async def _attempt(self, message: OutboxMessage) -> tuple[str, str, datetime | None, bool]:
+        """Run the handler; return (outcome, error, next attempt or None for dead, ambiguous)."""
+        logger = log.bind(
+            message_id=message.id,
+            kind=message.kind,
+            target=message.target,
+            key=message.idempotency_key,
+            attempt=message.attempts,
+        )
+        handler = self.handlers.get(message.kind)
+        now = self.clock.now()
+        try:
+            if handler is None:
+                raise HandlerMissing(f"no handler for message kind {message.kind!r}")
+            await handler(message)
+        except RejectedError as exc:
+            logger.warning("rejected: dead letter", error=str(exc), **exc.context())
+            return "dead", str(exc), None, False
+        except ConnectorError as exc:
+            ambiguous = isinstance(exc, AmbiguousError) or message.ambiguous
+            not_before = (exc.retry_after or 0.0) if isinstance(exc, RateLimited) else 0.0
+            retry_at = self.schedule.next_attempt(message.attempts, now, self.rng, not_before)
+            level = "warning" if isinstance(exc, TransientError) else "error"
+            getattr(logger, level)(
+                "send failed" + ("; dead letter" if retry_at is None else "; will retry"),
+                error=str(exc),
+                ambiguous=ambiguous,
+                retry_at=retry_at.isoformat() if retry_at else None,
+                **exc.context(),
+            )
+            return "retry", str(exc), retry_at, ambiguous
+        except Exception as exc:  # a bug or an unexpected answer: keep the message, retry later
+            retry_at = self.schedule.next_attempt(message.attempts, now, self.rng)
+            logger.exception("handler failed", error=repr(exc))
+            return "retry", f"{type(exc).__name__}: {exc}", retry_at, True
+        logger.debug("sent")
+        return "done", "", None, False
+
+    async def run(self, stop: asyncio.Event, idle: float = 1.0) -> None:
+        """Drain continuously until `stop` is set; `wake` (set when messages are written) cuts
+        the idle wait short."""
+        while not stop.is_set():
+            try:
+                await self.drain_once()
+            except Exception:
+                log.exception("dispatch pass failed; retrying")
+            self.wake.clear()
+            wait = idle
+            async with self.store.transaction() as tx:
+                due = await tx.next_outbox_due()
+            if due is not None:
+                wait = min(idle, max(0.0, (due - self.clock.now()).total_seconds()))
+            stopper = asyncio.ensure_future(stop.wait())
+            waker = asyncio.ensure_future(self.wake.wait())
+            await asyncio.wait({stopper, waker}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            waker.cancel()
+        async with self.store.transaction() as tx:
+            await tx.release_outbox_claims(self.owner)
