@@ -198,6 +198,25 @@ class HoldReason(StrEnum):
     """The WMS shipped before a cancel reached it: intercept by hand."""
 
 
+class DeliveryState(StrEnum):
+    """A delivery order's life at the hub (one per warehouse an order ships from)."""
+
+    PENDING = "pending"
+    """Routed; the create is in the outbox."""
+    CREATED = "created"
+    """The WMS has it."""
+    CANCEL_PENDING = "cancel_pending"
+    """A refund or close arrived before shipment; the cancel is in the outbox."""
+    CANCELLED = "cancelled"
+    SHIPPED = "shipped"
+    AFTER_SALES = "after_sales"
+    """Shipped before the cancel reached the WMS: intercept by hand."""
+
+    @property
+    def reserves_stock(self) -> bool:
+        return self in (DeliveryState.PENDING, DeliveryState.CREATED, DeliveryState.CANCEL_PENDING)
+
+
 class BundleComponent(_Frozen):
     sku: str
     qty: int = Field(gt=0)

@@ -12,7 +12,7 @@ reads) use multi-row statements; nothing here issues one round trip per row in a
 """
 
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +43,7 @@ from models.domain import (
     Address,
     BundleComponent,
     Cursor,
+    DeliveryState,
     HoldReason,
     MasterSku,
     Order,
@@ -55,6 +56,7 @@ from models.domain import (
     ReviewState,
     RunStatus,
     SkuMapping,
+    StockLevel,
     SyncError,
     SyncRun,
 )
@@ -136,6 +138,24 @@ class OutboxDepth:
     pending: int
     dead: int
     oldest_pending: datetime | None
+
+
+@dataclass(frozen=True)
+class NewDeliveryOrder:
+    code: str
+    warehouse: str
+    lines: tuple[tuple[int, str, int, int], ...]
+    """(order line number, master SKU, qty, unit price in fen)."""
+
+
+@dataclass(frozen=True)
+class DeliveryOrder:
+    code: str
+    shop: str
+    warehouse: str
+    state: DeliveryState
+    wms_order_id: str
+    lines: tuple[tuple[int, str, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -1069,6 +1089,220 @@ class Tx:
             OutboxDepth(target, kind, v["pending"], v["dead"], v["oldest"])
             for (target, kind), v in sorted(depth.items())
         ]
+
+    # --- delivery orders ---------------------------------------------------------------------
+
+    async def add_delivery_orders(
+        self, shop: str, platform_order_id: str, orders: Sequence[NewDeliveryOrder]
+    ) -> None:
+        """Record routed delivery orders and their lines (they reserve stock from now on)."""
+        now = self.clock.now()
+        order_id = (
+            await self.connection.execute(
+                select(t.orders.c.id).where(
+                    t.orders.c.shop == shop, t.orders.c.platform_order_id == platform_order_id
+                )
+            )
+        ).scalar_one()
+        await self.connection.execute(
+            insert(t.delivery_orders),
+            [
+                {
+                    "code": d.code,
+                    "order_id": order_id,
+                    "shop": shop,
+                    "warehouse": d.warehouse,
+                    "state": DeliveryState.PENDING.value,
+                    "wms_order_id": "",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for d in orders
+            ],
+        )
+        lines = [
+            {
+                "code": d.code,
+                "line_no": number,
+                "order_line_no": order_line_no,
+                "sku": sku,
+                "qty": qty,
+                "price_fen": price_fen,
+            }
+            for d in orders
+            for number, (order_line_no, sku, qty, price_fen) in enumerate(d.lines, start=1)
+        ]
+        for chunk in _chunks(lines):
+            await self.connection.execute(insert(t.delivery_order_lines), list(chunk))
+
+    async def set_delivery_state(
+        self,
+        code: str,
+        state: DeliveryState,
+        *,
+        only_from: Sequence[DeliveryState] | None = None,
+        wms_order_id: str | None = None,
+    ) -> bool:
+        """Move a delivery order to `state` (only from `only_from` states when given)."""
+        values: dict[str, Any] = {"state": state.value, "updated_at": self.clock.now()}
+        if wms_order_id is not None:
+            values["wms_order_id"] = wms_order_id
+        statement = update(t.delivery_orders).where(t.delivery_orders.c.code == code)
+        if only_from is not None:
+            statement = statement.where(t.delivery_orders.c.state.in_([s.value for s in only_from]))
+        return (await self.connection.execute(statement.values(**values))).rowcount == 1
+
+    async def delivery_orders_of(self, shop: str, platform_order_id: str) -> list[DeliveryOrder]:
+        rows = (
+            await self.connection.execute(
+                select(t.delivery_orders)
+                .join(t.orders, t.orders.c.id == t.delivery_orders.c.order_id)
+                .where(t.orders.c.shop == shop, t.orders.c.platform_order_id == platform_order_id)
+                .order_by(t.delivery_orders.c.created_at, t.delivery_orders.c.code)
+            )
+        ).all()
+        return await self._delivery_orders(rows)
+
+    async def delivery_order(self, code: str) -> DeliveryOrder | None:
+        rows = (
+            await self.connection.execute(
+                select(t.delivery_orders).where(t.delivery_orders.c.code == code)
+            )
+        ).all()
+        found = await self._delivery_orders(rows)
+        return found[0] if found else None
+
+    async def _delivery_orders(self, rows: Sequence[Row[Any]]) -> list[DeliveryOrder]:
+        codes = [r.code for r in rows]
+        lines: dict[str, list[tuple[int, str, int, int]]] = {}
+        for chunk in _chunks(codes):
+            for line in await self.connection.execute(
+                select(t.delivery_order_lines)
+                .where(t.delivery_order_lines.c.code.in_(list(chunk)))
+                .order_by(t.delivery_order_lines.c.code, t.delivery_order_lines.c.line_no)
+            ):
+                lines.setdefault(line.code, []).append(
+                    (line.order_line_no, line.sku, line.qty, line.price_fen)
+                )
+        return [
+            DeliveryOrder(
+                code=r.code,
+                shop=r.shop,
+                warehouse=r.warehouse,
+                state=DeliveryState(r.state),
+                wms_order_id=r.wms_order_id,
+                lines=tuple(lines.get(r.code, ())),
+            )
+            for r in rows
+        ]
+
+    # --- stock ledger ------------------------------------------------------------------------
+
+    async def set_stock(self, warehouse: str, levels: Mapping[str, int], as_of: datetime) -> None:
+        """Record a WMS reading: `levels[sku]` units physically on hand at `as_of`."""
+        now = self.clock.now()
+        values = [
+            {"warehouse": warehouse, "sku": sku, "on_hand": qty, "as_of": as_of, "updated_at": now}
+            for sku, qty in levels.items()
+        ]
+        for chunk in _chunks(values):
+            statement = self._upsert(t.stock_ledger).values(list(chunk))
+            await self.connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[t.stock_ledger.c.warehouse, t.stock_ledger.c.sku],
+                    set_={
+                        "on_hand": statement.excluded.on_hand,
+                        "as_of": statement.excluded.as_of,
+                        "updated_at": statement.excluded.updated_at,
+                    },
+                )
+            )
+
+    async def apply_stock_change(
+        self,
+        warehouse: str,
+        out_biz_code: str,
+        sku: str,
+        delta: int,
+        *,
+        order_code: str = "",
+        order_type: str = "",
+    ) -> bool:
+        """Apply one stock change once per (warehouse, outBizCode, SKU); False if seen before."""
+        now = self.clock.now()
+        statement = (
+            self._upsert(t.stock_changes)
+            .values(
+                warehouse=warehouse,
+                out_biz_code=out_biz_code,
+                sku=sku,
+                delta=delta,
+                order_code=order_code,
+                order_type=order_type,
+                created_at=now,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[
+                    t.stock_changes.c.warehouse,
+                    t.stock_changes.c.out_biz_code,
+                    t.stock_changes.c.sku,
+                ]
+            )
+            .returning(t.stock_changes.c.id)
+        )
+        if (await self.connection.execute(statement)).first() is None:
+            return False
+        ledger = self._upsert(t.stock_ledger).values(
+            warehouse=warehouse, sku=sku, on_hand=delta, as_of=now, updated_at=now
+        )
+        await self.connection.execute(
+            ledger.on_conflict_do_update(
+                index_elements=[t.stock_ledger.c.warehouse, t.stock_ledger.c.sku],
+                set_={"on_hand": t.stock_ledger.c.on_hand + delta, "updated_at": now},
+            )
+        )
+        return True
+
+    async def stock_levels(self, warehouse: str | None = None) -> list[StockLevel]:
+        """On hand from the ledger and reserved by unshipped delivery orders, per (warehouse, SKU)."""
+        reserved = await self.reserved(warehouse)
+        query = select(t.stock_ledger).order_by(t.stock_ledger.c.warehouse, t.stock_ledger.c.sku)
+        if warehouse is not None:
+            query = query.where(t.stock_ledger.c.warehouse == warehouse)
+        levels = {
+            (r.warehouse, r.sku): StockLevel(
+                warehouse=r.warehouse,
+                sku=r.sku,
+                on_hand=r.on_hand,
+                reserved=reserved.pop((r.warehouse, r.sku), 0),
+                as_of=r.as_of,
+            )
+            for r in await self.connection.execute(query)
+        }
+        for (wh, sku), qty in reserved.items():  # reserved where the ledger has no reading
+            levels[(wh, sku)] = StockLevel(warehouse=wh, sku=sku, on_hand=0, reserved=qty)
+        return [levels[key] for key in sorted(levels)]
+
+    async def reserved(self, warehouse: str | None = None) -> dict[tuple[str, str], int]:
+        reserving = [s.value for s in DeliveryState if s.reserves_stock]
+        query = (
+            select(
+                t.delivery_orders.c.warehouse,
+                t.delivery_order_lines.c.sku,
+                func.sum(t.delivery_order_lines.c.qty),
+            )
+            .join(t.delivery_orders, t.delivery_orders.c.code == t.delivery_order_lines.c.code)
+            .where(t.delivery_orders.c.state.in_(reserving))
+            .group_by(t.delivery_orders.c.warehouse, t.delivery_order_lines.c.sku)
+        )
+        if warehouse is not None:
+            query = query.where(t.delivery_orders.c.warehouse == warehouse)
+        return {(wh, sku): int(qty) for wh, sku, qty in await self.connection.execute(query)}
+
+    async def read_warehouses(self) -> set[str]:
+        """Warehouses whose stock the hub has read at least once."""
+        rows = await self.connection.execute(select(t.stock_ledger.c.warehouse).distinct())
+        return {r.warehouse for r in rows}
 
     # --- leases ------------------------------------------------------------------------------
 
