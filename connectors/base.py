@@ -89,8 +89,15 @@ class Marketplace(Protocol):
         """
         ...
 
-    async def get_order(self, platform_order_id: str) -> Order | None:
-        """The current version of one order (a targeted fetch after a webhook hint)."""
+    async def get_order(
+        self, platform_order_id: str, *, modified_hint: datetime | None = None
+    ) -> Order | None:
+        """The current version of one order (a targeted fetch after a webhook hint).
+
+        `modified_hint` (a time at or before the order's last modification, e.g. the hint's
+        event time) is for platforms that can only re-read an order by a search window (JD);
+        others ignore it. None when the platform does not know the order (or, on a window-only
+        platform, when no hint is given or the order is not found near it)."""
         ...
 
     async def ship(self, request: ShipRequest) -> ShipResult:

@@ -251,12 +251,21 @@ class Sandbox:
         if self.rate > 0:
             self._live_task = asyncio.create_task(self._live(), name="sandbox-live-orders")
 
-    async def stop(self) -> None:
+    async def stop_live(self) -> None:
+        """Stop generating live orders: the world holds still (a test then compares the truth)."""
         if self._live_task is not None:
             self._live_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._live_task
             self._live_task = None
+
+    async def stop(self) -> None:
+        try:
+            await self.stop_live()  # re-raises a crash of the live generator, after cleanup
+        finally:
+            await self._stop_servers()
+
+    async def _stop_servers(self) -> None:
         await self.kuaidi100.stop()
         await self.qimen.stop()
         if self._server is not None and self._serve_task is not None:

@@ -584,12 +584,14 @@ class World:
             if current.status == self._status(shop, "shipped"):
                 return current
             return self.cancel(shop, order_id, at)
+        if not any(line.line_id == line_id for line in current.lines):
+            raise WorldError(f"order {order_id} has no line {line_id}")
         lines = tuple(
             replace(line, refund_status="SUCCESS") if line.line_id == line_id else line
             for line in current.lines
         )
         if lines == current.lines:
-            raise WorldError(f"order {order_id} has no line {line_id}")
+            return current  # already refunded: nothing changes, the version stays
         fields: dict[str, object] = {"lines": lines}
         topic = "TradePartlyRefund"
         if all(line.refunded for line in lines):

@@ -1,10 +1,17 @@
 """Opening the hub's resources from the settings (shared by the CLI, the daemon and the tests)."""
 
-from config import Settings
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from config import Settings, ShopConfig
+from connectors.base import Marketplace
+from connectors.registry import marketplace_for as registry_marketplace_for
 from models.clock import Clock
 from models.db import safe_url
+from models.domain import SyncRun
 from models.store import Store
 from sync.errors import DatabaseNotReady
+from sync.orders import OrderPuller, PullProgress
 
 
 async def open_store(settings: Settings, clock: Clock | None = None) -> Store:
@@ -24,3 +31,37 @@ async def open_store(settings: Settings, clock: Clock | None = None) -> Store:
             f"the code needs {head}: run `ecomhub db upgrade`"
         )
     return store
+
+
+async def pull_shops(
+    settings: Settings,
+    store: Store,
+    shops: Sequence[ShopConfig],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    progress: Callable[[ShopConfig], PullProgress] | None = None,
+    marketplace_for: Callable[[ShopConfig], Marketplace] | None = None,
+    owner: str = "",
+) -> list[SyncRun]:
+    """One pull (or, with `since`, a backfill) of each shop, one after the other."""
+    make = marketplace_for or registry_marketplace_for
+    runs = []
+    for shop in shops:
+        marketplace = make(shop)
+        try:
+            puller = OrderPuller(
+                store,
+                settings,
+                shop,
+                marketplace,
+                owner=owner,
+                progress=progress(shop) if progress else None,
+            )
+            if since is not None:
+                runs.append(await puller.backfill(since, until or store.clock.now()))
+            else:
+                runs.append(await puller.pull())
+        finally:
+            await marketplace.aclose()
+    return runs

@@ -101,7 +101,6 @@ def test_upgrade_status_catalog_export(config: Path, tmp_path: Path) -> None:
     "command",
     [
         ["run"],
-        ["sync", "orders"],
         ["sync", "inventory"],
         ["sync", "erp"],
         ["push"],
