@@ -6,12 +6,14 @@ from a `WarehouseConfig`; `sync/` picks the class from `MARKETPLACES` / `WMSES` 
 `connectors.errors` tree.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
 from typing import Protocol
 
-from models.domain import Order, SyncError
+from models.domain import Address, Order, Shipment, SyncError
 
 
 @dataclass(frozen=True)
@@ -116,3 +118,157 @@ class Marketplace(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# --- warehouses ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryLine:
+    line_no: int
+    sku: str
+    """Master SKU: the WMS `itemCode`."""
+    qty: int
+    price: Decimal
+    source_order_id: str
+    """The marketplace order id (`sourceOrderCode`)."""
+    source_line_id: str = ""
+    """The marketplace line id (`subSourceOrderCode`)."""
+
+
+@dataclass(frozen=True)
+class DeliveryOrderRequest:
+    """Everything a WMS needs to ship one delivery order (a snapshot taken when routed)."""
+
+    code: str
+    """The hub's delivery-order code, `<shop>-<order id>[-n]`: the idempotency key."""
+    shop: str
+    platform: str
+    """tmall | jd: the WMS `sourcePlatformCode` is derived from it (TB, JD)."""
+    platform_order_id: str
+    carrier: str
+    """The warehouse's default carrier: the `logisticsCode` asked for."""
+    created: datetime
+    paid: datetime | None
+    buyer_nick: str
+    receiver: Address
+    lines: tuple[DeliveryLine, ...]
+    total: Decimal = Decimal("0")
+    payment: Decimal = Decimal("0")
+    post_fee: Decimal = Decimal("0")
+    buyer_remark: str = ""
+    seller_remark: str = ""
+
+
+class WmsOrderState(StrEnum):
+    NOT_FOUND = "not_found"
+    OPEN = "open"
+    """Known and not shipped yet (NEW, ACCEPT, EXCEPTION …)."""
+    SHIPPED = "shipped"
+    """DELIVERED or PARTDELIVERED."""
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class WmsOrderStatus:
+    state: WmsOrderState
+    wms_order_id: str = ""
+    raw_status: str = ""
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"
+    """Cancelled now, or it was cancelled already, or the WMS never had it."""
+    ALREADY_SHIPPED = "already_shipped"
+    """Too late: flag the order for after-sales (intercept)."""
+
+
+@dataclass(frozen=True)
+class StockChange:
+    """One line of a `stockchange.report`: applied once per (warehouse, out_biz_code, sku)."""
+
+    warehouse: str
+    out_biz_code: str
+    sku: str
+    delta: int
+    order_code: str = ""
+    order_type: str = ""
+
+
+@dataclass(frozen=True)
+class ShipmentConfirm:
+    """A `deliveryorder.confirm`: what the WMS really shipped."""
+
+    shipment: Shipment
+    final: bool
+    """confirmType 0 (final) or 1 (intermediate)."""
+    status: str
+    shipped_lines: tuple[tuple[str, int], ...] = ()
+    """(itemCode, actual qty) per order line."""
+
+
+@dataclass(frozen=True)
+class InboundLine:
+    line_no: str
+    sku: str
+    planned: int
+    received: int
+    inventory_type: str = "ZP"
+
+
+@dataclass(frozen=True)
+class InboundConfirm:
+    """An `entryorder.confirm`: goods received against an inbound (purchase) order."""
+
+    warehouse: str
+    entry_order_code: str
+    out_biz_code: str
+    final: bool
+    status: str
+    lines: tuple[InboundLine, ...]
+
+
+Callback = ShipmentConfirm | tuple[StockChange, ...] | InboundConfirm
+
+
+class Wms(Protocol):
+    """One warehouse's WMS. Creates are NOT deduplicated by the WMS: the caller asks
+    `query_delivery_order` before sending a create that may have arrived before."""
+
+    warehouse: str
+
+    async def create_delivery_order(self, request: DeliveryOrderRequest) -> str:
+        """Send the create; returns the WMS's order id. `AmbiguousError` when it may have
+        arrived (timeout, dropped connection, 5xx, a late answer)."""
+        ...
+
+    async def query_delivery_order(self, code: str) -> WmsOrderStatus:
+        """What the WMS knows of a delivery order (`ORDER_NOT_EXIST` → NOT_FOUND)."""
+        ...
+
+    async def cancel_delivery_order(self, code: str, reason: str) -> CancelOutcome:
+        """Cancel before shipment. A failure is checked with a query: shipped → ALREADY_SHIPPED,
+        cancelled or unknown → CANCELLED, anything else raises (retried later)."""
+        ...
+
+    async def inventory(self, skus: Sequence[str]) -> dict[str, int]:
+        """Physical on-hand quantity (sound stock) per SKU the WMS knows, asked in batches."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class WmsCallbacks(Protocol):
+    """Verifies and reads what a WMS calls back with, and renders the answers it expects."""
+
+    def verify(self, query: Mapping[str, str], body: bytes) -> bool: ...
+
+    def parse(self, query: Mapping[str, str], body: bytes) -> Callback:
+        """Raises `BadPayload` for a callback it cannot read."""
+        ...
+
+    def success(self) -> tuple[str, str]:
+        """(body, content type) of the success answer."""
+        ...
+
+    def failure(self, code: str, message: str) -> tuple[str, str]: ...
