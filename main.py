@@ -168,10 +168,99 @@ def run(ctx: typer.Context) -> None:
 @app.command()
 def demo(
     ctx: typer.Context,
-    seconds: Annotated[float | None, typer.Option(help="Stop after N seconds.")] = None,
+    seconds: Annotated[float, typer.Option(help="Stop after N seconds.")] = 30.0,
+    rate: Annotated[float, typer.Option(help="Live orders per second in the sandbox.")] = 4.0,
+    seed: Annotated[int, typer.Option(help="Sandbox world seed.")] = 1,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the demo's config and SQLite file go.")
+    ] = Path("demo-data"),
 ) -> None:
-    """Sandbox + embedded SQLite + daemon: the whole flow, live."""
-    not_built("`ecomhub demo`", "issue #6, the daemon")
+    """Sandbox + embedded SQLite: orders flow in live, reviewed and held with reasons.
+
+    Until the daemon lands (issue #6) the demo drives the pull loop itself; routing, the WMS and
+    waybills join it as they are built."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for leftover in directory.glob("ecomhub.db*"):  # each demo starts from an empty store
+        leftover.unlink()
+    execute(ctx, run_demo(seconds=seconds, rate=rate, seed=seed, directory=directory))
+
+
+async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -> None:
+    from rich.live import Live
+
+    from sandbox.server import Sandbox
+
+    database = directory / "ecomhub.db"
+    async with Sandbox(seed=seed, profile="calm", rate=rate, backlog=300, backlog_days=1.0) as sb:
+        config = directory / "ecomhub.toml"
+        config.write_text(
+            sb.hub_config_toml(f"sqlite:///{database.resolve()}", "127.0.0.1", 8780),
+            encoding="utf-8",
+        )
+        settings = load_settings(config, environ={})
+        configure_logging("warning", secrets=settings.secret_values(), stream=sys.stderr)
+        engine = create_engine(settings.database_url)
+        await upgrade(engine)
+        await engine.dispose()
+        catalog = directory / "catalog.csv"
+        catalog.write_text(
+            "sku,name,barcode,weight_kg\n"
+            + "".join(f"{c},{n},{b},{w}\n" for c, n, b, w in sb.world.catalog()),
+            encoding="utf-8",
+        )
+        store = await open_store(settings)
+        try:
+            await import_catalog(store, settings, catalog)
+            out.print(
+                f"sandbox at {sb.base_url} (seed {seed}, {rate}/s live orders); "
+                f"config and database in {directory}/"
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + seconds
+            with Live(console=out, refresh_per_second=2) as live:
+                while loop.time() < deadline:
+                    await pull_shops(settings, store, settings.shops)
+                    live.update(await demo_table(settings, store, sb))
+                    await asyncio.sleep(min(2.0, max(0.0, deadline - loop.time())))
+                await sb.stop_live()
+                await asyncio.sleep(max(s.effective_lag for s in settings.shops).total_seconds())
+                await pull_shops(settings, store, settings.shops)
+                live.update(await demo_table(settings, store, sb))
+            truth = {(o.shop, str(o.order_id)) for o in sb.world.orders()}
+            async with store.transaction() as tx:
+                stored = {(s.order.shop, s.order.platform_order_id) async for s in tx.iter_orders()}
+        finally:
+            await store.close()
+    missing = truth - stored
+    out.print(
+        f"\nsummary: {len(truth)} orders on the marketplaces, {len(stored)} in the hub, "
+        f"{len(missing)} missing"
+    )
+    if missing:
+        raise HubError(f"{len(missing)} orders were not pulled: {sorted(missing)[:5]}")
+    out.print("every order the marketplaces report is in the central store.")
+
+
+async def demo_table(settings: Settings, store: Store, sb: Any) -> Table:
+    report = await collect_status(settings, store)
+    async with store.transaction() as tx:
+        held = await tx.held_orders()
+    reasons: dict[str, dict[str, int]] = {}
+    for h in held:
+        reasons.setdefault(h.shop, {}).setdefault(h.reason, 0)
+        reasons[h.shop][h.reason] += 1
+    counts = {shop: len(sb.world.orders(shop)) for shop in (s.code for s in settings.shops)}
+    table = Table("shop", "on marketplace", "in hub", "held", "held by reason", "cursor lag")
+    for s in report["shops"]:
+        table.add_row(
+            s["code"],
+            str(counts.get(s["code"], 0)),
+            str(s["orders"]),
+            str(s["held"]),
+            ", ".join(f"{k} {v}" for k, v in sorted(reasons.get(s["code"], {}).items())) or "-",
+            f"{s['lag_seconds']}s" if s["lag_seconds"] is not None else "-",
+        )
+    return table
 
 
 @app.command()

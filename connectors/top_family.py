@@ -64,10 +64,9 @@ def parse_cst(value: object) -> datetime:
     """A wire time (`yyyy-MM-dd HH:mm:ss`, CST unless it says otherwise) as aware UTC."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"not a time: {value!r}")
-    try:
-        parsed = datetime.strptime(value.strip(), CST_FORMAT).replace(tzinfo=CST)
-    except ValueError:
-        parsed = datetime.fromisoformat(value.strip())
+    # fromisoformat reads `yyyy-MM-dd HH:mm:ss` (and ISO with an offset) ~10x faster than
+    # strptime; this runs several times per order on the ingest hot path.
+    parsed = datetime.fromisoformat(value.strip())
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=CST)
     return parsed.astimezone(UTC)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Row,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -30,7 +31,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -138,6 +138,16 @@ class OutboxDepth:
     pending: int
     dead: int
     oldest_pending: datetime | None
+
+
+@dataclass(frozen=True)
+class ReviewDecision:
+    shop: str
+    platform_order_id: str
+    state: ReviewState
+    reason: HoldReason | None = None
+    detail: str = ""
+    shipped_elsewhere: bool = False
 
 
 @dataclass(frozen=True)
@@ -393,22 +403,29 @@ class Tx:
     async def _existing_orders(
         self, keys: list[tuple[str, str]]
     ) -> dict[tuple[str, str], tuple[int, str, Order]]:
+        # Per shop with a plain IN list: SQLite answers a row-value `(shop, id) IN (…)` with a
+        # table scan, this one from the unique index.
+        by_shop: dict[str, list[str]] = {}
+        for shop, order_id in keys:
+            by_shop.setdefault(shop, []).append(order_id)
         found: dict[tuple[str, str], tuple[int, str, Order]] = {}
-        for chunk in _chunks(keys):
-            rows = (
-                await self.connection.execute(
-                    select(t.orders).where(
-                        tuple_(t.orders.c.shop, t.orders.c.platform_order_id).in_(list(chunk))
+        for shop, order_ids in by_shop.items():
+            for chunk in _chunks(order_ids):
+                rows = (
+                    await self.connection.execute(
+                        select(t.orders).where(
+                            t.orders.c.shop == shop,
+                            t.orders.c.platform_order_id.in_(list(chunk)),
+                        )
                     )
-                )
-            ).all()
-            lines = await self._lines_of([row.id for row in rows])
-            for row in rows:
-                found[(row.shop, row.platform_order_id)] = (
-                    row.id,
-                    row.content_hash,
-                    _order_from_rows(row, lines.get(row.id, [])),
-                )
+                ).all()
+                lines = await self._lines_of([row.id for row in rows])
+                for row in rows:
+                    found[(row.shop, row.platform_order_id)] = (
+                        row.id,
+                        row.content_hash,
+                        _order_from_rows(row, lines.get(row.id, [])),
+                    )
         return found
 
     async def _lines_of(self, order_ids: list[int]) -> dict[int, list[Row[Any]]]:
@@ -559,7 +576,11 @@ class Tx:
         return result.rowcount == 1
 
     async def pending_review(
-        self, shops: Sequence[str] | None = None, limit: int = 5000
+        self,
+        shops: Sequence[str] | None = None,
+        limit: int = 5000,
+        *,
+        only: Sequence[str] | None = None,
     ) -> list[Order]:
         """Orders waiting for review that can be decided now (not those still unpaid)."""
         query = (
@@ -573,6 +594,8 @@ class Tx:
         )
         if shops is not None:
             query = query.where(t.orders.c.shop.in_(list(shops)))
+        if only is not None:
+            query = query.where(t.orders.c.platform_order_id.in_(list(only)))
         rows = (await self.connection.execute(query)).all()
         lines = await self._lines_of([row.id for row in rows])
         return [_order_from_rows(row, lines.get(row.id, [])) for row in rows]
@@ -589,16 +612,38 @@ class Tx:
         )
         return int(result.rowcount)
 
-    async def mark_shipped_elsewhere(self, shop: str, platform_order_id: str) -> None:
-        """First seen already shipped: shipped by hand or by another system; never pushed."""
-        await self.connection.execute(
+    async def set_reviews(self, decisions: Sequence[ReviewDecision]) -> None:
+        """Record many review outcomes in one executemany (the review pass's hot path)."""
+        if not decisions:
+            return
+        now = self.clock.now()
+        statement = (
             update(t.orders)
-            .where(t.orders.c.shop == shop, t.orders.c.platform_order_id == platform_order_id)
-            .values(
-                review_state=ReviewState.NOT_APPLICABLE.value,
-                shipped_elsewhere=True,
-                updated_at=self.clock.now(),
+            .where(
+                t.orders.c.shop == bindparam("b_shop"),
+                t.orders.c.platform_order_id == bindparam("b_order"),
             )
+            .values(
+                review_state=bindparam("b_state"),
+                hold_reason=bindparam("b_reason"),
+                hold_detail=bindparam("b_detail"),
+                shipped_elsewhere=bindparam("b_elsewhere"),
+                updated_at=now,
+            )
+        )
+        await self.connection.execute(
+            statement,
+            [
+                {
+                    "b_shop": d.shop,
+                    "b_order": d.platform_order_id,
+                    "b_state": d.state.value,
+                    "b_reason": d.reason.value if d.reason else None,
+                    "b_detail": d.detail,
+                    "b_elsewhere": d.shipped_elsewhere,
+                }
+                for d in decisions
+            ],
         )
 
     async def held_orders(self, shop: str | None = None) -> list[HeldOrder]:

@@ -342,7 +342,12 @@ class Pager:
     def matches(self, query: WindowQuery, now: datetime) -> list[OrderState]:
         latency = self.faults.profile.visibility_latency
         found = []
-        for versions in self.world.versions(query.shop):
+        histories = (
+            self.world.versions(query.shop)
+            if query.by_created
+            else self.world.touched(query.shop, query.start, query.end)
+        )
+        for versions in histories:
             state = self._visible(versions, now, latency)
             if state is None:
                 continue

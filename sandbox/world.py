@@ -13,7 +13,9 @@ Statuses are stored in each platform's own words (TOP `WAIT_SELLER_SEND_GOODS`, 
 `WAIT_SELLER_STOCK_OUT` …): the world knows which platform each shop belongs to.
 """
 
+import bisect
 import random
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -337,6 +339,10 @@ class World:
         self._catalog = self._make_catalog(catalog_size)
         self.shops: dict[str, Shop] = {}
         self._versions: dict[tuple[str, int], list[OrderState]] = {}
+        # Per shop, (modified, order id) of every version, kept sorted lazily: window queries
+        # bisect it instead of scanning every order (200k-order benchmarks stay linear).
+        self._by_modified: dict[str, list[tuple[datetime, int]]] = {}
+        self._unsorted: set[str] = set()
         self.changes: list[Change] = []
         self.stock_updates: list[StockUpdate] = []
         self._next_tid = 3_800_000_000_000_000_000 + self._rng.randrange(10**12)
@@ -436,6 +442,18 @@ class World:
         except KeyError:
             raise WorldError(f"no order {order_id} in shop {shop}") from None
 
+    def touched(self, shop: str, start: datetime, end: datetime) -> list[list[OrderState]]:
+        """Version histories of the orders with a version modified in [start, end]: the only
+        orders whose visible version can fall in that window."""
+        index = self._by_modified.get(shop, [])
+        if shop in self._unsorted:
+            index.sort()
+            self._unsorted.discard(shop)
+        low = bisect.bisect_left(index, (start, -1))
+        high = bisect.bisect_right(index, (end, sys.maxsize))
+        ids = sorted({order_id for _, order_id in index[low:high]})
+        return [self._versions[(shop, order_id)] for order_id in ids]
+
     def versions(self, shop: str) -> Iterator[list[OrderState]]:
         """Every order's version history, oldest version first."""
         for (code, _), versions in self._versions.items():
@@ -446,6 +464,10 @@ class World:
 
     def _record(self, state: OrderState, topic: str) -> OrderState:
         self._versions.setdefault((state.shop, state.order_id), []).append(state)
+        index = self._by_modified.setdefault(state.shop, [])
+        if index and index[-1][0] > state.modified:
+            self._unsorted.add(state.shop)
+        index.append((state.modified, state.order_id))
         self.changes.append(Change(len(self.changes) + 1, state.shop, state.order_id, topic, state))
         return state
 

@@ -21,6 +21,8 @@ request); after that the run stops and the next pull resumes from the cursor. A 
 (`since/until`) keeps its own cursor and never moves the live one.
 """
 
+import asyncio
+import contextlib
 import itertools
 import math
 from collections.abc import AsyncIterator, Callable
@@ -36,7 +38,8 @@ from connectors.errors import AuthError, ConnectorError, RateLimited
 from models.clock import Clock, SystemClock
 from models.domain import Cursor, Order, RunStatus, SyncError, SyncRun
 from models.store import Store
-from sync.review import review_pending
+from sync.mapping import SkuResolver
+from sync.review import load_resolver, review_orders, review_pending
 
 LIVE_STREAM = "orders"
 ONE_SECOND = timedelta(seconds=1)
@@ -44,6 +47,8 @@ ONE_SECOND = timedelta(seconds=1)
 # spread evenly in time, and a sub-window that still overflows is split again.
 SPLIT_FILL = 0.6
 DENSE_REREADS = 3
+PREFETCH = 2
+"""Sub-windows fetched ahead of the one being committed."""
 
 log = structlog.get_logger("ecomhub.sync.orders")
 
@@ -135,6 +140,7 @@ class OrderPuller:
         self.slice_attempts = slice_attempts
         self.progress: PullProgress = progress or _NoProgress()
         self.page_size = min(marketplace.page_size, 100)
+        self._resolver: SkuResolver | None = None
 
     async def pull(self) -> SyncRun:
         """One live increment: from the cursor (less the overlap) to now less the lag."""
@@ -172,6 +178,11 @@ class OrderPuller:
     async def _run(self, job: str, stream: str, start: datetime, end: datetime) -> SyncRun:
         async with self.store.transaction() as tx:
             run_id = await tx.start_run(job, self.shop.code, self.owner)
+            # One catalog snapshot per run: the review of every page uses it (an import during
+            # the run re-reviews what it affects itself).
+            self._resolver = await load_resolver(tx)
+            # Orders a crashed run stored but did not review.
+            await review_pending(tx, self.settings, [self.shop.code], self._resolver)
         run = SyncRun(id=run_id, job=job, shop=self.shop.code, started_at=self.clock.now())
         logger = log.bind(shop=self.shop.code, job=job, run_id=run_id)
         windows = slices(start, end, self.shop.effective_max_window) if end > start else []
@@ -234,8 +245,7 @@ class OrderPuller:
         last_error: ConnectorError | None = None
         for attempt in range(1, self.slice_attempts + 1):
             try:
-                async for chunk in self._chunks(start, end, stats):
-                    await self._commit(stream, chunk, stats)
+                await self._pipeline(stream, start, end, stats)
                 return
             except (AuthError, RateLimited):
                 raise
@@ -252,6 +262,31 @@ class OrderPuller:
                     start = stats.committed_until
         assert last_error is not None
         raise last_error
+
+    async def _pipeline(self, stream: str, start: datetime, end: datetime, stats: "_Stats") -> None:
+        """Fetch the next sub-window while the current one is committed. Commits stay in order
+        (one consumer), so the cursor still only moves over completed sub-windows."""
+        queue: asyncio.Queue[_Chunk | Exception | None] = asyncio.Queue(maxsize=PREFETCH)
+
+        async def produce() -> None:
+            try:
+                async for chunk in self._chunks(start, end, stats):
+                    await queue.put(chunk)
+            except Exception as exc:
+                await queue.put(exc)
+            else:
+                await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                await self._commit(stream, item, stats)
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
 
     async def _chunks(
         self, start: datetime, end: datetime, stats: "_Stats"
@@ -300,6 +335,8 @@ class OrderPuller:
         return result
 
     async def _commit(self, stream: str, chunk: _Chunk, stats: "_Stats") -> None:
+        resolver = self._resolver
+        assert resolver is not None, "set by _run"
         async with self.store.transaction() as tx:
             result = await tx.upsert_orders(list(chunk.orders.values()))
             if chunk.errors:
@@ -307,7 +344,10 @@ class OrderPuller:
             cursor = await tx.get_cursor(self.shop.code, stream)
             if cursor is None or chunk.end > cursor.position:
                 await tx.set_cursor(Cursor(shop=self.shop.code, stream=stream, position=chunk.end))
-            await review_pending(tx, self.settings, [self.shop.code])
+            # New orders are reviewed from memory; changed ones as stored (they may be held).
+            new = [chunk.orders[order_id] for order_id in result.inserted]
+            await review_orders(tx, self.settings, new, resolver)
+            await review_pending(tx, self.settings, [self.shop.code], resolver, only=result.updated)
         stats.written += result.written
         stats.errors += len(chunk.errors)
         stats.committed_until = chunk.end

@@ -11,11 +11,12 @@ Review runs over every order still `pending`, so it is idempotent and a crash be
 order and reviewing it only delays the review to the next pass.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from config import Settings, ShopConfig
 from models.domain import HoldReason, Order, OrderStatus, RefundState, ReviewState
-from models.store import Tx
+from models.store import ReviewDecision, Tx
 from sync.mapping import SkuResolver
 
 
@@ -57,28 +58,47 @@ _DONE_ELSEWHERE = {OrderStatus.PARTLY_SHIPPED, OrderStatus.SHIPPED, OrderStatus.
 _NEVER_SHIP = {OrderStatus.CLOSED, OrderStatus.CANCELLED}
 
 
-async def review_pending(tx: Tx, settings: Settings, shop_codes: list[str] | None = None) -> int:
-    """Review every pending order of the given shops; returns how many were decided."""
-    pending = await tx.pending_review(shop_codes)
+async def review_pending(
+    tx: Tx,
+    settings: Settings,
+    shop_codes: list[str] | None = None,
+    resolver: SkuResolver | None = None,
+    *,
+    only: Sequence[str] | None = None,
+) -> int:
+    """Review the pending orders of the given shops (of those ids when `only` is given) as
+    stored; returns how many were decided. Pass a `resolver` to reuse one catalog snapshot."""
+    if only is not None and not only:
+        return 0
+    pending = await tx.pending_review(shop_codes, only=only)
     if not pending:
         return 0
-    resolver = SkuResolver(await tx.master_skus(), await tx.sku_mappings())
+    return await review_orders(tx, settings, pending, resolver or await load_resolver(tx))
+
+
+async def review_orders(
+    tx: Tx, settings: Settings, orders: Sequence[Order], resolver: SkuResolver
+) -> int:
+    """Decide orders known to be pending (just inserted, or read back as pending)."""
     shops = {s.code: s for s in settings.shops}
-    decided = 0
-    for order in pending:
+    decisions: list[ReviewDecision] = []
+    for order in orders:
         shop = shops.get(order.shop)
+        key = (order.shop, order.platform_order_id)
         if shop is None:
             continue
         if order.status in _DONE_ELSEWHERE:
-            await tx.mark_shipped_elsewhere(order.shop, order.platform_order_id)
+            decisions.append(
+                ReviewDecision(*key, ReviewState.NOT_APPLICABLE, shipped_elsewhere=True)
+            )
         elif order.status in _NEVER_SHIP:
-            await tx.set_review(order.shop, order.platform_order_id, ReviewState.NOT_APPLICABLE)
+            decisions.append(ReviewDecision(*key, ReviewState.NOT_APPLICABLE))
         elif order.status in (OrderStatus.PAID, OrderStatus.PAUSED):
             verdict = review(order, shop, resolver)
-            await tx.set_review(
-                order.shop, order.platform_order_id, verdict.state, verdict.reason, verdict.detail
-            )
-        else:
-            continue  # waiting for payment: review once it is paid
-        decided += 1
-    return decided
+            decisions.append(ReviewDecision(*key, verdict.state, verdict.reason, verdict.detail))
+    await tx.set_reviews(decisions)
+    return len(decisions)
+
+
+async def load_resolver(tx: Tx) -> SkuResolver:
+    return SkuResolver(await tx.master_skus(), await tx.sku_mappings())

@@ -120,3 +120,20 @@ def test_bad_usage_exits_2(config: Path) -> None:
     assert ecomhub(config, "orders", "release").returncode == 2
     assert ecomhub(config, "no-such-command").returncode == 2
     assert ecomhub(config, "orders", "export", "--format", "csv").returncode == 2
+
+
+@pytest.mark.slow
+def test_demo_accounts_for_every_order(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(MAIN), "demo", "--seconds", "6", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = next(line for line in proc.stdout.splitlines() if line.startswith("summary:"))
+    on_platforms, in_hub = [int(w) for w in summary.replace(",", " ").split() if w.isdigit()][:2]
+    assert on_platforms == in_hub > 300
+    assert ", 0 missing" in summary
+    assert (tmp_path / "demo" / "ecomhub.toml").exists()
