@@ -21,11 +21,12 @@ from config import ConfigError, Settings, load_settings
 from config.logging import Redactor, configure_logging
 from models.clock import parse_cli_time
 from models.db import UnsupportedDatabase, create_engine, safe_url, upgrade
-from models.domain import RunStatus, SyncRun
+from models.domain import OutboxMessage, RunStatus, SyncRun
 from models.store import Store
 from sync.catalog import CatalogFileError, import_catalog
 from sync.errors import HubError
-from sync.runtime import open_store, pull_shops
+from sync.fulfilment import RoutingStats
+from sync.runtime import open_store, pull_shops, push_once, route
 from sync.status import collect_status
 
 T = TypeVar("T")
@@ -359,8 +360,8 @@ def sync_orders(
         transient=False,
     ) as bar:
 
-        async def work(store: Store) -> list[SyncRun]:
-            return await pull_shops(
+        async def work(store: Store) -> tuple[list[SyncRun], RoutingStats]:
+            runs = await pull_shops(
                 settings,
                 store,
                 shops,
@@ -368,8 +369,9 @@ def sync_orders(
                 until=end,
                 progress=lambda s: BarProgress(bar, s.code),
             )
+            return runs, await route(settings, store)
 
-        runs = execute(ctx, with_store(settings, work))
+        runs, routed = execute(ctx, with_store(settings, work))
     failed = False
     for run in runs:
         out.print(
@@ -378,6 +380,16 @@ def sync_orders(
             f"{run.errors} malformed" + (f" — {run.message}" if run.message else "")
         )
         failed = failed or run.status in (RunStatus.FAILED, RunStatus.PARTIAL)
+    out.print(
+        f"routed {routed.routed} orders into {routed.delivery_orders} delivery orders "
+        + (
+            "(" + ", ".join(f"{w} {n}" for w, n in sorted(routed.by_warehouse.items())) + ")"
+            if routed.by_warehouse
+            else ""
+        )
+        + (f"; {routed.held} held for no stock" if routed.held else "")
+        + " — `ecomhub push` (or the daemon) sends them"
+    )
     if failed:
         fail("some shops did not complete; see above (`ecomhub status` for details)")
 
@@ -403,15 +415,28 @@ def sync_erp(ctx: typer.Context) -> None:
 @app.command()
 def push(ctx: typer.Context) -> None:
     """Drain the outbox once."""
-    _state(ctx).settings()
-    not_built("`ecomhub push`", "issue #5, orders out")
+    settings = _state(ctx).settings()
+    stats = execute(ctx, with_store(settings, lambda store: push_once(settings, store)))
+    out.print(
+        f"sent {stats.done}, retry later {stats.retried}, dead letters {stats.dead}"
+        + (" (see `ecomhub outbox dead`)" if stats.dead else "")
+    )
 
 
 @outbox_app.command("dead")
 def outbox_dead(ctx: typer.Context) -> None:
     """List dead letters with their last error."""
-    _state(ctx).settings()
-    not_built("`ecomhub outbox dead`", "issue #5, orders out")
+    settings = _state(ctx).settings()
+
+    async def work(store: Store) -> list[OutboxMessage]:
+        async with store.transaction() as tx:
+            return await tx.dead_letters()
+
+    dead = execute(ctx, with_store(settings, work))
+    table = Table("id", "kind", "target", "key", "attempts", "last error")
+    for m in dead:
+        table.add_row(str(m.id), m.kind, m.target, m.idempotency_key, str(m.attempts), m.last_error)
+    out.print(table if dead else "no dead letters")
 
 
 @outbox_app.command("replay")
@@ -420,9 +445,20 @@ def outbox_replay(
     ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
 ) -> None:
-    """Send dead letters again."""
-    _state(ctx).settings()
-    not_built("`ecomhub outbox replay`", "issue #5, orders out")
+    """Send dead letters again (the next `push` or the daemon sends them)."""
+    settings = _state(ctx).settings()
+    if not ids and not all_:
+        fail("name dead-letter ids (see `ecomhub outbox dead`) or pass --all", code=2)
+
+    async def work(store: Store) -> list[int]:
+        async with store.transaction() as tx:
+            return await tx.replay_dead(None if all_ else ids)
+
+    revived = execute(ctx, with_store(settings, work))
+    missing = sorted(set(ids or ()) - set(revived))
+    out.print(f"replaying {len(revived)} messages: {revived}")
+    if missing:
+        fail(f"not dead letters: {missing}")
 
 
 # --- orders and catalog --------------------------------------------------------------------

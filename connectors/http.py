@@ -5,6 +5,9 @@ Contract:
 - One `HttpTransport` (hence one `httpx.AsyncClient`) per connector instance; timeouts default to
   connect 5 s / read 30 s. Signing is the client's `httpx.Auth`; nothing here sees a secret except
   to scrub it out of error text.
+- Two shapes of request, one code path: `post` sends query parameters plus a raw body of any
+  content type (Qimen: system parameters in the query, XML body); `post_form` is `post` with a
+  url-encoded form body (TOP, JD). Both share the attempt, the error mapping and the retries.
 - Every call declares whether it is idempotent. Reads are; writes (ship, stock) are not, because
   the transport cannot know whether a lost answer means the effect happened.
 - Failures are classified once, by what the caller must do (`Fault`), then raised as the
@@ -254,6 +257,29 @@ class HttpTransport:
 
         `parse` raises the connector error a body reports; it runs inside the retry loop, so a
         transient error inside an HTTP 200 is retried like any other."""
+        return await self.post(
+            method,
+            urlencode(form).encode("utf-8"),
+            content_type=FORM_CONTENT_TYPE,
+            idempotent=idempotent,
+            parse=parse,
+        )
+
+    async def post(
+        self,
+        method: str,
+        content: bytes,
+        *,
+        content_type: str,
+        params: Mapping[str, str] | None = None,
+        idempotent: bool,
+        parse: Callable[[httpx.Response, Call], T],
+    ) -> T:
+        """POST a raw `content` body of `content_type` with `params` in the query string, and
+        return `parse(response)`, retrying per the policy (`post_form` is this with a form).
+
+        The auth sees the whole request (query and body) on every attempt, so a signer that
+        rewrites the query (Qimen) signs each retry afresh."""
         call = self.call(method, idempotent=idempotent)
         retrying = AsyncRetrying(
             retry=retry_if_exception(self._should_retry),
@@ -263,15 +289,22 @@ class HttpTransport:
             before_sleep=lambda state: self._log_retry(call, state),
             reraise=True,
         )
-        return await retrying(self._attempt, call, form, parse)
+        return await retrying(self._attempt, call, dict(params or {}), content, content_type, parse)
 
     async def _attempt(
-        self, call: Call, form: Mapping[str, str], parse: Callable[[httpx.Response, Call], T]
+        self,
+        call: Call,
+        params: dict[str, str],
+        content: bytes,
+        content_type: str,
+        parse: Callable[[httpx.Response, Call], T],
     ) -> T:
-        content = urlencode(form).encode("utf-8")
         try:
             response = await self._client.post(
-                self.url, content=content, headers={"Content-Type": FORM_CONTENT_TYPE}
+                self.url,
+                params=params or None,
+                content=content,
+                headers={"Content-Type": content_type},
             )
         except httpx.HTTPError as exc:
             # The text of an httpx error names the failure, not the request; keep only its kind.

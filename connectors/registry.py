@@ -1,18 +1,22 @@
-"""Which connector serves which config value: `sync/` builds marketplaces only through here.
+"""Which connector serves which config value: `sync/` and `api/` build connectors only through here.
 
-`MARKETPLACES` is keyed by `ShopConfig.platform`; a new marketplace is one module and one entry.
+`MARKETPLACES` is keyed by `ShopConfig.platform`, `WMSES` and `WMS_CALLBACKS` by
+`WarehouseConfig.wms`; a new marketplace or WMS is one module and one entry.
 """
 
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import httpx
 
-from config.settings import ShopConfig
-from connectors.base import Marketplace
+from config.settings import ShopConfig, WarehouseConfig
+from connectors.base import Marketplace, Wms, WmsCallbacks
 from connectors.http import RetryPolicy
 from connectors.jd import JdMarketplace
+from connectors.qimen import QimenCallbacks, QimenWms
 from connectors.tmall import TmallMarketplace
 from models.clock import Clock, SystemClock
+
+T = TypeVar("T")
 
 
 class MarketplaceFactory(Protocol):
@@ -50,3 +54,56 @@ def marketplace_for(
             f"(known: {', '.join(sorted(MARKETPLACES))})"
         ) from None
     return factory(shop, clock=clock or SystemClock(), policy=policy, transport=transport)
+
+
+class WmsFactory(Protocol):
+    def __call__(
+        self,
+        warehouse: WarehouseConfig,
+        *,
+        clock: Clock | None = None,
+        policy: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Wms: ...
+
+
+class WmsCallbacksFactory(Protocol):
+    def __call__(self, warehouse: WarehouseConfig) -> WmsCallbacks: ...
+
+
+WMSES: dict[str, WmsFactory] = {
+    "qimen": QimenWms,
+}
+
+WMS_CALLBACKS: dict[str, WmsCallbacksFactory] = {
+    "qimen": QimenCallbacks,
+}
+
+
+def _wms_entry(table: dict[str, T], warehouse: WarehouseConfig) -> T:
+    try:
+        return table[warehouse.wms]
+    except KeyError:
+        raise ValueError(
+            f"warehouses[{warehouse.code}].wms: no connector for {warehouse.wms!r} "
+            f"(known: {', '.join(sorted(table))})"
+        ) from None
+
+
+def wms_for(
+    warehouse: WarehouseConfig,
+    *,
+    clock: Clock | None = None,
+    policy: RetryPolicy | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Wms:
+    """A connector for `warehouse` (one instance per warehouse; close it with `aclose()`).
+
+    `transport` replaces the network (tests, the sandbox); `policy` the transport retry policy."""
+    factory = _wms_entry(WMSES, warehouse)
+    return factory(warehouse, clock=clock or SystemClock(), policy=policy, transport=transport)
+
+
+def wms_callbacks_for(warehouse: WarehouseConfig) -> WmsCallbacks:
+    """Verifies, reads and answers what `warehouse`'s WMS calls back with."""
+    return _wms_entry(WMS_CALLBACKS, warehouse)(warehouse)

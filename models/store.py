@@ -52,9 +52,11 @@ from models.domain import (
     OrderStatus,
     OutboxMessage,
     OutboxStatus,
+    Package,
     RefundState,
     ReviewState,
     RunStatus,
+    Shipment,
     SkuMapping,
     StockLevel,
     SyncError,
@@ -1240,6 +1242,92 @@ class Tx:
             )
             for r in rows
         ]
+
+    async def orders_to_route(
+        self, shops: Sequence[str] | None = None, limit: int = 500
+    ) -> list[Order]:
+        """Paid orders that passed review (or were released) and have no delivery order yet."""
+        routed = select(t.delivery_orders.c.order_id).where(
+            t.delivery_orders.c.order_id == t.orders.c.id
+        )
+        query = (
+            select(t.orders)
+            .where(
+                t.orders.c.review_state.in_([ReviewState.PASSED.value, ReviewState.RELEASED.value]),
+                t.orders.c.status == OrderStatus.PAID.value,
+                ~routed.exists(),
+            )
+            .order_by(t.orders.c.id)
+            .limit(limit)
+        )
+        if shops is not None:
+            query = query.where(t.orders.c.shop.in_(list(shops)))
+        rows = (await self.connection.execute(query)).all()
+        lines = await self._lines_of([row.id for row in rows])
+        return [_order_from_rows(row, lines.get(row.id, [])) for row in rows]
+
+    async def order_of_delivery(self, code: str) -> Order | None:
+        row = (
+            await self.connection.execute(
+                select(t.orders)
+                .join(t.delivery_orders, t.delivery_orders.c.order_id == t.orders.c.id)
+                .where(t.delivery_orders.c.code == code)
+            )
+        ).first()
+        if row is None:
+            return None
+        return _order_from_rows(row, (await self._lines_of([row.id])).get(row.id, []))
+
+    async def add_shipment(self, shipment: Shipment) -> bool:
+        """Record a WMS shipment once per (warehouse, outBizCode); False for a repeat."""
+        statement = (
+            self._upsert(t.shipments)
+            .values(
+                delivery_order_code=shipment.delivery_order_code,
+                warehouse=shipment.warehouse,
+                out_biz_code=shipment.out_biz_code,
+                carrier=shipment.carrier,
+                waybill=shipment.waybill,
+                weight_g=to_grams(shipment.weight_kg),
+                packages=[p.model_dump(mode="json") for p in shipment.packages],
+                shipped_at=shipment.shipped_at,
+                tracking_state="shipped",
+                created_at=self.clock.now(),
+            )
+            .on_conflict_do_nothing(
+                index_elements=[t.shipments.c.warehouse, t.shipments.c.out_biz_code]
+            )
+            .returning(t.shipments.c.id)
+        )
+        return (await self.connection.execute(statement)).first() is not None
+
+    async def shipments_of(self, delivery_order_code: str) -> list[Shipment]:
+        rows = await self.connection.execute(
+            select(t.shipments)
+            .where(t.shipments.c.delivery_order_code == delivery_order_code)
+            .order_by(t.shipments.c.id)
+        )
+        return [
+            Shipment(
+                delivery_order_code=r.delivery_order_code,
+                warehouse=r.warehouse,
+                carrier=r.carrier,
+                waybill=r.waybill,
+                weight_kg=from_grams(r.weight_g),
+                packages=tuple(Package.model_validate(p) for p in r.packages),
+                shipped_at=r.shipped_at,
+                out_biz_code=r.out_biz_code,
+            )
+            for r in rows
+        ]
+
+    async def outbox_by_key(self, idempotency_key: str) -> OutboxMessage | None:
+        row = (
+            await self.connection.execute(
+                select(t.outbox).where(t.outbox.c.idempotency_key == idempotency_key)
+            )
+        ).first()
+        return _outbox_from_row(row) if row else None
 
     # --- stock ledger ------------------------------------------------------------------------
 

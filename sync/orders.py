@@ -38,6 +38,7 @@ from connectors.errors import AuthError, ConnectorError, RateLimited
 from models.clock import Clock, SystemClock
 from models.domain import Cursor, Order, RunStatus, SyncError, SyncRun
 from models.store import Store
+from sync.fulfilment import react_to_changes
 from sync.mapping import SkuResolver
 from sync.review import load_resolver, review_orders, review_pending
 
@@ -172,6 +173,7 @@ class OrderPuller:
         async with self.store.transaction() as tx:
             result = await tx.upsert_orders([order])
             await review_pending(tx, self.settings, [self.shop.code])
+            await react_to_changes(tx, result.events, self.shop.code)
         self.progress.orders_written(result.written)
         return True
 

@@ -1,17 +1,23 @@
 """Opening the hub's resources from the settings (shared by the CLI, the daemon and the tests)."""
 
+import os
+import socket
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from config import Settings, ShopConfig
 from connectors.base import Marketplace
 from connectors.registry import marketplace_for as registry_marketplace_for
+from connectors.registry import wms_for as registry_wms_for
 from models.clock import Clock
 from models.db import safe_url
 from models.domain import SyncRun
 from models.store import Store
 from sync.errors import DatabaseNotReady
+from sync.fulfilment import Effects, RoutingStats, route_all
 from sync.orders import OrderPuller, PullProgress
+from sync.outbox import Dispatcher, DrainStats
+from sync.stock import StockReading, read_stock
 
 
 async def open_store(settings: Settings, clock: Clock | None = None) -> Store:
@@ -65,3 +71,37 @@ async def pull_shops(
         finally:
             await marketplace.aclose()
     return runs
+
+
+async def refresh_stock(settings: Settings, store: Store) -> StockReading:
+    """Read every warehouse's stock into the ledger (routing and channel stock use it)."""
+    return await read_stock(settings, store, lambda warehouse: registry_wms_for(warehouse))
+
+
+async def route(settings: Settings, store: Store) -> RoutingStats:
+    """Route every reviewed order (writes `wms.create` messages; sends nothing)."""
+    return await route_all(store, settings)
+
+
+def effects_for(settings: Settings, store: Store) -> Effects:
+    return Effects(
+        store,
+        settings,
+        wms_for=lambda warehouse: registry_wms_for(warehouse),
+        marketplace_for=lambda shop: registry_marketplace_for(shop),
+    )
+
+
+def replica_name() -> str:
+    """This process's name in leases and claims: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def push_once(settings: Settings, store: Store, owner: str | None = None) -> DrainStats:
+    """Drain the outbox once: everything due now is sent (or scheduled for a retry)."""
+    effects = effects_for(settings, store)
+    try:
+        dispatcher = Dispatcher(store, effects.handlers(), owner=owner or replica_name())
+        return await dispatcher.drain_once()
+    finally:
+        await effects.aclose()

@@ -1,0 +1,503 @@
+"""Orders out: route reviewed orders, send them to the WMS, cancel them, and send waybills back.
+
+Every effect is an outbox message written in the same transaction as the state change that causes
+it, and sent by the dispatcher through the handlers built here:
+
+    route (PAID, review passed)  → delivery orders (reserve stock) + `wms.create`
+    close / refund before ship   → `wms.cancel` (a pending create of the same order is superseded)
+    WMS confirm callback         → shipment, stock change, delivery order shipped + `platform.ship`
+
+Exactly once. The WMS does not deduplicate creates, so a create that may have been sent before
+(`maybe_sent`) first asks `deliveryorder.query`; only NOT_FOUND sends it again. A cancel waits
+while its create is still in flight, so it can never overtake it. The marketplaces answer a repeat
+ship with "already shipped", which the connectors check and report as done. Shipments and stock
+changes are applied once per outBizCode.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import structlog
+
+from config import Settings, ShopConfig, WarehouseConfig
+from connectors.base import (
+    CancelOutcome,
+    DeliveryLine,
+    DeliveryOrderRequest,
+    InboundConfirm,
+    Marketplace,
+    ShipmentConfirm,
+    ShipRequest,
+    StockChange,
+    Wms,
+    WmsOrderState,
+)
+from connectors.errors import RejectedError, TransientError
+from models.domain import (
+    Address,
+    DeliveryState,
+    HoldReason,
+    Order,
+    OrderEventKind,
+    OrderStatus,
+    OutboxMessage,
+    OutboxStatus,
+    RefundState,
+    ReviewState,
+)
+from models.store import NewDeliveryOrder, Store, Tx, to_fen
+from sync.mapping import SkuResolver
+from sync.outbox import Handler, maybe_sent
+from sync.review import load_resolver
+from sync.routing import RouteLine, route
+
+WMS_CREATE = "wms.create"
+WMS_CANCEL = "wms.cancel"
+PLATFORM_SHIP = "platform.ship"
+
+log = structlog.get_logger("ecomhub.sync.fulfilment")
+
+
+@dataclass
+class RoutingStats:
+    routed: int = 0
+    held: int = 0
+    delivery_orders: int = 0
+    by_warehouse: dict[str, int] = field(default_factory=dict)
+
+
+def _unit_price_fen(payment: Decimal, units: int) -> int:
+    if units <= 0:
+        return 0
+    return to_fen((payment / units).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def shippable_lines(order: Order, resolver: SkuResolver) -> list[tuple[RouteLine, int]] | None:
+    """(route line, unit price in fen) for every line that still ships; None if one is unknown."""
+    lines: list[tuple[RouteLine, int]] = []
+    for number, line in enumerate(order.lines, start=1):
+        if line.refund_state == RefundState.SUCCESS:
+            continue
+        resolved = resolver.resolve(order.shop, line)
+        if resolved is None:
+            return None
+        units = sum(r.qty for r in resolved)
+        price = _unit_price_fen(line.payment or line.price * line.qty, units)
+        lines.extend((RouteLine(number, r.sku, r.qty), price) for r in resolved)
+    return lines
+
+
+def _available(levels: Sequence[Any]) -> dict[str, dict[str, int]]:
+    available: dict[str, dict[str, int]] = {}
+    for level in levels:
+        available.setdefault(level.warehouse, {})[level.sku] = level.available
+    return available
+
+
+def _code(order: Order, number: int | None) -> str:
+    base = f"{order.shop}-{order.platform_order_id}"
+    return base if number is None else f"{base}-{number}"
+
+
+async def route_ready(tx: Tx, settings: Settings, limit: int = 500) -> RoutingStats:
+    """Route every order that is ready; reserve its stock and write its `wms.create` messages."""
+    stats = RoutingStats()
+    orders = await tx.orders_to_route(limit=limit)
+    if not orders:
+        return stats
+    resolver = await load_resolver(tx)
+    levels = await tx.stock_levels()
+    available = _available(levels)
+    read = await tx.read_warehouses()
+    available = {wh: stock for wh, stock in available.items() if wh in read}
+    shops = {s.code: s for s in settings.shops}
+    for order in orders:
+        shop = shops.get(order.shop)
+        lines = shippable_lines(order, resolver)
+        if shop is None or lines is None:
+            continue  # review holds unknown SKUs; a shop removed from the config is left alone
+        if not lines:
+            continue  # nothing left to ship: the close/cancel path handles it
+        prices = {(rl.order_line_no, rl.sku): price for rl, price in lines}
+        province = order.receiver.province if order.receiver else ""
+        decision = route(
+            [rl for rl, _ in lines],
+            province,
+            settings.warehouses,
+            available,
+            allow_split=shop.allow_split,
+        )
+        if not decision.routed:
+            await tx.set_review(
+                order.shop,
+                order.platform_order_id,
+                ReviewState.HELD,
+                HoldReason.NO_STOCK,
+                decision.reason,
+            )
+            stats.held += 1
+            continue
+        for warehouse in decision.unknown_stock:
+            log.info(
+                "routed without a stock reading: by region and priority alone",
+                warehouse=warehouse,
+                order=order.platform_order_id,
+            )
+        split = len(decision.assignments) > 1
+        new = [
+            NewDeliveryOrder(
+                _code(order, n if split else None),
+                a.warehouse,
+                tuple(
+                    (rl.order_line_no, rl.sku, rl.qty, prices[(rl.order_line_no, rl.sku)])
+                    for rl in a.lines
+                ),
+            )
+            for n, a in enumerate(decision.assignments, start=1)
+        ]
+        await tx.add_delivery_orders(order.shop, order.platform_order_id, new)
+        await tx.enqueue([_create_message(d.code, d.warehouse) for d in new])
+        for d in new:
+            stock = available.get(d.warehouse)
+            if stock is not None:
+                for _, sku, qty, _ in d.lines:
+                    stock[sku] = stock.get(sku, 0) - qty
+            stats.by_warehouse[d.warehouse] = stats.by_warehouse.get(d.warehouse, 0) + 1
+        stats.routed += 1
+        stats.delivery_orders += len(new)
+    return stats
+
+
+async def route_all(store: Store, settings: Settings, batch: int = 500) -> RoutingStats:
+    """Route everything that is ready, a batch per transaction."""
+    total = RoutingStats()
+    while True:
+        async with store.transaction() as tx:
+            stats = await route_ready(tx, settings, limit=batch)
+        total.routed += stats.routed
+        total.held += stats.held
+        total.delivery_orders += stats.delivery_orders
+        for warehouse, n in stats.by_warehouse.items():
+            total.by_warehouse[warehouse] = total.by_warehouse.get(warehouse, 0) + n
+        if stats.routed + stats.held < batch:
+            return total
+
+
+def _create_message(code: str, warehouse: str) -> OutboxMessage:
+    return OutboxMessage(
+        kind=WMS_CREATE,
+        target=warehouse,
+        idempotency_key=f"{WMS_CREATE}:{code}",
+        subject=f"do:{code}",
+        payload={"code": code},
+    )
+
+
+def _cancel_message(code: str, warehouse: str, *, recreate: bool) -> OutboxMessage:
+    return OutboxMessage(
+        kind=WMS_CANCEL,
+        target=warehouse,
+        idempotency_key=f"{WMS_CANCEL}:{code}",
+        subject=f"do:{code}",
+        payload={"code": code, "recreate": recreate},
+    )
+
+
+_CANCELLING = {OrderEventKind.CANCELLED, OrderEventKind.CLOSED, OrderEventKind.LINE_REFUNDED}
+
+
+async def react_to_changes(tx: Tx, events: Sequence[tuple[str, OrderEventKind]], shop: str) -> int:
+    """After an upsert: cancel the unshipped delivery orders of orders closed or refunded.
+
+    A whole order closed cancels all its open delivery orders; a refunded line cancels the
+    delivery order that holds it, and the rest of that delivery order is created again under
+    the next code once the cancel succeeds."""
+    affected = sorted({order_id for order_id, kind in events if kind in _CANCELLING})
+    written = 0
+    for order_id in affected:
+        stored = await tx.get_order(shop, order_id)
+        if stored is None:
+            continue
+        order = stored.order
+        closed = order.status in (OrderStatus.CANCELLED, OrderStatus.CLOSED)
+        refunded = {
+            n
+            for n, line in enumerate(order.lines, start=1)
+            if line.refund_state == RefundState.SUCCESS
+        }
+        for delivery in await tx.delivery_orders_of(shop, order_id):
+            if delivery.state not in (DeliveryState.PENDING, DeliveryState.CREATED):
+                continue
+            hit = closed or any(line[0] in refunded for line in delivery.lines)
+            if not hit:
+                continue
+            remaining = [line for line in delivery.lines if line[0] not in refunded]
+            await tx.set_delivery_state(delivery.code, DeliveryState.CANCEL_PENDING)
+            written += await tx.enqueue(
+                [
+                    _cancel_message(
+                        delivery.code, delivery.warehouse, recreate=bool(remaining) and not closed
+                    )
+                ]
+            )
+    return written
+
+
+async def apply_callback(tx: Tx, settings: Settings, warehouse: str, callback: Any) -> str:
+    """Store a WMS callback once; returns what it did (for the log and the metrics)."""
+    if isinstance(callback, ShipmentConfirm):
+        return await _apply_shipment(tx, settings, warehouse, callback)
+    if isinstance(callback, InboundConfirm):
+        applied = 0
+        for line in callback.lines:
+            applied += await tx.apply_stock_change(
+                warehouse,
+                callback.out_biz_code,
+                line.sku,
+                line.received,
+                order_code=callback.entry_order_code,
+                order_type="CGRK",
+            )
+        return "inbound applied" if applied else "inbound repeated"
+    changes: Sequence[StockChange] = callback
+    applied = 0
+    for change in changes:
+        applied += await tx.apply_stock_change(
+            change.warehouse or warehouse,
+            change.out_biz_code,
+            change.sku,
+            change.delta,
+            order_code=change.order_code,
+            order_type=change.order_type,
+        )
+    if applied:
+        # New stock may let orders held for no stock ship now.
+        await tx.requeue_held(HoldReason.NO_STOCK)
+    return f"{applied} stock changes applied"
+
+
+async def _apply_shipment(
+    tx: Tx, settings: Settings, warehouse: str, confirm: ShipmentConfirm
+) -> str:
+    shipment = confirm.shipment
+    if not await tx.add_shipment(shipment):
+        return "shipment repeated"
+    code = shipment.delivery_order_code
+    delivery = await tx.delivery_order(code)
+    if delivery is None:
+        log.warning("shipment for a delivery order the hub does not know", code=code)
+        return "shipment of an unknown delivery order"
+    shipped = confirm.shipped_lines or tuple((sku, qty) for _, sku, qty, _ in delivery.lines)
+    for sku, qty in shipped:
+        await tx.apply_stock_change(
+            warehouse, shipment.out_biz_code, sku, -qty, order_code=code, order_type="JYCK"
+        )
+    if not confirm.final:
+        return "intermediate shipment stored"
+    was_cancelling = delivery.state == DeliveryState.CANCEL_PENDING
+    await tx.set_delivery_state(code, DeliveryState.SHIPPED)
+    order = await tx.order_of_delivery(code)
+    assert order is not None
+    if was_cancelling:
+        await tx.set_review(
+            order.shop,
+            order.platform_order_id,
+            ReviewState.HELD,
+            HoldReason.AFTER_SALES,
+            f"{code} shipped before its cancel reached the WMS",
+        )
+    line_ids = tuple(order.lines[n - 1].line_id for n, _, _, _ in delivery.lines)
+    await tx.enqueue(
+        [
+            OutboxMessage(
+                kind=PLATFORM_SHIP,
+                target=order.shop,
+                idempotency_key=f"{PLATFORM_SHIP}:{code}",
+                payload={
+                    "code": code,
+                    "platform_order_id": order.platform_order_id,
+                    "carrier": shipment.carrier,
+                    "waybill": shipment.waybill,
+                    "line_ids": list(line_ids),
+                    "split": code != f"{order.shop}-{order.platform_order_id}",
+                },
+            )
+        ]
+    )
+    return "shipment stored"
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+def _request(code: str, order: Order, delivery: Any, carrier: str) -> DeliveryOrderRequest:
+    return DeliveryOrderRequest(
+        code=code,
+        shop=order.shop,
+        platform=order.platform.value,
+        platform_order_id=order.platform_order_id,
+        carrier=carrier,
+        created=order.created,
+        paid=order.paid_at,
+        buyer_nick=order.buyer_nick,
+        receiver=order.receiver or Address(),
+        lines=tuple(
+            DeliveryLine(
+                line_no=n,
+                sku=sku,
+                qty=qty,
+                price=Decimal(price) / 100,
+                source_order_id=order.platform_order_id,
+                source_line_id=order.lines[line_no - 1].line_id,
+            )
+            for n, (line_no, sku, qty, price) in enumerate(delivery.lines, start=1)
+        ),
+        total=order.total,
+        payment=order.payment,
+        post_fee=order.post_fee,
+        buyer_remark=order.buyer_remark,
+        seller_remark=order.seller_remark,
+    )
+
+
+class Effects:
+    """The outbox handlers, with one connector per warehouse and shop (opened lazily)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        wms_for: Callable[[WarehouseConfig], Wms],
+        marketplace_for: Callable[[ShopConfig], Marketplace],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._wms_for = wms_for
+        self._marketplace_for = marketplace_for
+        self._wms: dict[str, Wms] = {}
+        self._markets: dict[str, Marketplace] = {}
+
+    def handlers(self) -> Mapping[str, Handler]:
+        return {
+            WMS_CREATE: self.create,
+            WMS_CANCEL: self.cancel,
+            PLATFORM_SHIP: self.ship,
+        }
+
+    def wms(self, warehouse: str) -> Wms:
+        if warehouse not in self._wms:
+            self._wms[warehouse] = self._wms_for(self.settings.warehouse(warehouse))
+        return self._wms[warehouse]
+
+    def marketplace(self, shop: str) -> Marketplace:
+        if shop not in self._markets:
+            self._markets[shop] = self._marketplace_for(self.settings.shop(shop))
+        return self._markets[shop]
+
+    async def aclose(self) -> None:
+        for wms in self._wms.values():
+            await wms.aclose()
+        for market in self._markets.values():
+            await market.aclose()
+
+    async def create(self, message: OutboxMessage) -> None:
+        code = str(message.payload["code"])
+        async with self.store.transaction() as tx:
+            delivery = await tx.delivery_order(code)
+            order = await tx.order_of_delivery(code)
+        if delivery is None or order is None:
+            raise RejectedError(f"delivery order {code} is not in the store")
+        if delivery.state != DeliveryState.PENDING:
+            return  # cancelled before it was sent: nothing to create
+        wms = self.wms(delivery.warehouse)
+        if maybe_sent(message):
+            status = await wms.query_delivery_order(code)
+            if status.state != WmsOrderState.NOT_FOUND:
+                await self._created(code, status.wms_order_id)
+                return
+        carrier = self.settings.warehouse(delivery.warehouse).default_carrier
+        wms_order_id = await wms.create_delivery_order(_request(code, order, delivery, carrier))
+        await self._created(code, wms_order_id)
+
+    async def _created(self, code: str, wms_order_id: str) -> None:
+        async with self.store.transaction() as tx:
+            await tx.set_delivery_state(
+                code,
+                DeliveryState.CREATED,
+                only_from=[DeliveryState.PENDING],
+                wms_order_id=wms_order_id,
+            )
+
+    async def cancel(self, message: OutboxMessage) -> None:
+        code = str(message.payload["code"])
+        async with self.store.transaction() as tx:
+            create = await tx.outbox_by_key(f"{WMS_CREATE}:{code}")
+            delivery = await tx.delivery_order(code)
+        if delivery is None:
+            raise RejectedError(f"delivery order {code} is not in the store")
+        if create is not None and create.status == OutboxStatus.PENDING:
+            # Never overtake the create: the WMS would answer "no such order" and then ship it.
+            raise TransientError(f"the create of {code} is still in flight")
+        if delivery.state == DeliveryState.SHIPPED:
+            return  # the confirm arrived first; the shipment path flagged it for after-sales
+        outcome = await self.wms(delivery.warehouse).cancel_delivery_order(
+            code, "buyer refund or order closed on the marketplace"
+        )
+        async with self.store.transaction() as tx:
+            order = await tx.order_of_delivery(code)
+            assert order is not None
+            if outcome == CancelOutcome.ALREADY_SHIPPED:
+                await tx.set_delivery_state(code, DeliveryState.AFTER_SALES)
+                await tx.set_review(
+                    order.shop,
+                    order.platform_order_id,
+                    ReviewState.HELD,
+                    HoldReason.AFTER_SALES,
+                    f"{code} shipped before the cancel: intercept it",
+                )
+                return
+            await tx.set_delivery_state(
+                code, DeliveryState.CANCELLED, only_from=[DeliveryState.CANCEL_PENDING]
+            )
+            if message.payload.get("recreate"):
+                await self._recreate(tx, order, delivery)
+
+    async def _recreate(self, tx: Tx, order: Order, delivery: Any) -> None:
+        """The lines of a cancelled delivery order that still ship, under the next code."""
+        refunded = {
+            n
+            for n, line in enumerate(order.lines, start=1)
+            if line.refund_state == RefundState.SUCCESS
+        }
+        remaining = tuple(line for line in delivery.lines if line[0] not in refunded)
+        if not remaining or order.status in (OrderStatus.CANCELLED, OrderStatus.CLOSED):
+            return
+        existing = await tx.delivery_orders_of(order.shop, order.platform_order_id)
+        code = _code(order, len(existing) + 1)
+        await tx.add_delivery_orders(
+            order.shop,
+            order.platform_order_id,
+            [NewDeliveryOrder(code, delivery.warehouse, remaining)],
+        )
+        await tx.enqueue([_create_message(code, delivery.warehouse)])
+
+    async def ship(self, message: OutboxMessage) -> None:
+        payload = message.payload
+        shop = self.settings.shop(str(message.target))
+        carrier_code = str(payload["carrier"])
+        carrier = next((c for c in self.settings.carriers if c.code == carrier_code), None)
+        async with self.store.transaction() as tx:
+            stored = await tx.get_order(shop.code, str(payload["platform_order_id"]))
+        await self.marketplace(shop.code).ship(
+            ShipRequest(
+                platform_order_id=str(payload["platform_order_id"]),
+                carrier_code=carrier_code,
+                carrier_jd_id=carrier.jd_id if carrier else None,
+                waybill=str(payload["waybill"]),
+                line_ids=tuple(payload["line_ids"]) if payload.get("split") else (),
+                modified_hint=stored.order.modified if stored else None,
+            )
+        )
