@@ -64,6 +64,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from sandbox.faults import FaultInjector
+from sandbox.redelivery import deliver_until_acknowledged
 from sandbox.signing import constant_time_equal, kuaidi100_push_sign, kuaidi100_query_sign
 
 CST = timezone(timedelta(hours=8))
@@ -461,27 +462,9 @@ class Kuaidi100Sim:
             )
 
     async def _push_loop(self) -> None:
-        async with httpx.AsyncClient(timeout=self.push_timeout) as client:
-            while True:
-                now = time.monotonic()
-                due = sorted(
-                    (p for p in self.pushes if not p.delivered and p.next_at <= now),
-                    key=lambda p: (p.next_at, p.seq),
-                )
-                for push in due:
-                    await self._deliver(client, push)
-                await asyncio.sleep(TICK)
-
-    async def _deliver(self, client: httpx.AsyncClient, push: Push) -> None:
-        push.attempts += 1
-        error = await self._post(client, push)
-        if error is None:
-            push.delivered = True
-            push.last_error = ""
-            return
-        push.last_error = error
-        first, cap = self.retry_backoff
-        push.next_at = time.monotonic() + min(cap, first * 2 ** (push.attempts - 1))
+        await deliver_until_acknowledged(
+            self.pushes, self._post, request_timeout=self.push_timeout, backoff=self.retry_backoff
+        )
 
     @staticmethod
     async def _post(client: httpx.AsyncClient, push: Push) -> str | None:

@@ -141,6 +141,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from sandbox.faults import FaultInjector
+from sandbox.redelivery import deliver_until_acknowledged
 from sandbox.signing import constant_time_equal, qimen_sign
 
 PATH = "/router/qimen/service"
@@ -1013,27 +1014,12 @@ class QimenWms:
         return query
 
     async def _callback_loop(self) -> None:
-        async with httpx.AsyncClient(timeout=self.callback_timeout) as client:
-            while True:
-                now = time.monotonic()
-                due = sorted(
-                    (c for c in self.callbacks if not c.delivered and c.next_at <= now),
-                    key=lambda c: (c.next_at, c.seq),
-                )
-                for cb in due:
-                    await self._deliver(client, cb)
-                await asyncio.sleep(TICK)
-
-    async def _deliver(self, client: httpx.AsyncClient, cb: Callback) -> None:
-        cb.attempts += 1
-        error = await self._post(client, cb)
-        if error is None:
-            cb.delivered = True
-            cb.last_error = ""
-            return
-        cb.last_error = error
-        first, cap = self.retry_backoff
-        cb.next_at = time.monotonic() + min(cap, first * 2 ** (cb.attempts - 1))
+        await deliver_until_acknowledged(
+            self.callbacks,
+            self._post,
+            request_timeout=self.callback_timeout,
+            backoff=self.retry_backoff,
+        )
 
     async def _post(self, client: httpx.AsyncClient, cb: Callback) -> str | None:
         """Send once; None when the hub acknowledged, else why not."""

@@ -1,0 +1,56 @@
+"""Outgoing callbacks that are retried until the receiver acknowledges them.
+
+Both the WMS (Qimen confirms, stock reports) and the courier (Kuaidi100 pushes) call the hub back
+and keep trying, with a capped exponential backoff, until it answers success: a callback is never
+dropped. One loop serves both simulators.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
+
+import httpx
+
+TICK = 0.02
+"""How often the loop looks for due deliveries (seconds)."""
+
+
+class Outgoing(Protocol):
+    seq: int
+    attempts: int
+    delivered: bool
+    last_error: str
+    next_at: float
+
+
+T = TypeVar("T", bound=Outgoing)
+
+
+async def deliver_until_acknowledged(
+    items: Sequence[T],
+    post: Callable[[httpx.AsyncClient, T], Awaitable[str | None]],
+    *,
+    request_timeout: float,
+    backoff: tuple[float, float],
+) -> None:
+    """Run forever: post every due item (oldest first); `post` returns None on success or the
+    error text, after which the item waits `first · 2ⁿ` seconds, at most `cap`."""
+    first, cap = backoff
+    async with httpx.AsyncClient(timeout=request_timeout) as client:
+        while True:
+            now = time.monotonic()
+            due = sorted(
+                (item for item in items if not item.delivered and item.next_at <= now),
+                key=lambda item: (item.next_at, item.seq),
+            )
+            for item in due:
+                item.attempts += 1
+                error = await post(client, item)
+                if error is None:
+                    item.delivered = True
+                    item.last_error = ""
+                else:
+                    item.last_error = error
+                    item.next_at = time.monotonic() + min(cap, first * 2 ** (item.attempts - 1))
+            await asyncio.sleep(TICK)
