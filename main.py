@@ -7,6 +7,7 @@ message names the field and the file). No command ends in a bare traceback.
 import asyncio
 import json
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from models.store import Store
 from sync.catalog import CatalogFileError, import_catalog
 from sync.errors import HubError
 from sync.fulfilment import RoutingStats
-from sync.runtime import open_store, pull_shops, push_once, route
+from sync.runtime import open_store, pull_shops, push_once, refresh_stock, route
 from sync.status import collect_status
 
 T = TypeVar("T")
@@ -189,10 +190,14 @@ def demo(
 async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -> None:
     from rich.live import Live
 
+    from api.app import create_app
+    from api.server import serve
     from sandbox.server import Sandbox
 
     database = directory / "ecomhub.db"
-    async with Sandbox(seed=seed, profile="calm", rate=rate, backlog=300, backlog_days=1.0) as sb:
+    async with Sandbox(
+        seed=seed, profile="calm", rate=rate, backlog=300, backlog_days=1.0, ship_delay=1.0
+    ) as sb:
         config = directory / "ecomhub.toml"
         config.write_text(
             sb.hub_config_toml(f"sqlite:///{database.resolve()}", "127.0.0.1", 8780),
@@ -211,55 +216,104 @@ async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -
         )
         store = await open_store(settings)
         try:
-            await import_catalog(store, settings, catalog)
-            out.print(
-                f"sandbox at {sb.base_url} (seed {seed}, {rate}/s live orders); "
-                f"config and database in {directory}/"
-            )
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + seconds
-            with Live(console=out, refresh_per_second=2) as live:
-                while loop.time() < deadline:
-                    await pull_shops(settings, store, settings.shops)
-                    live.update(await demo_table(settings, store, sb))
-                    await asyncio.sleep(min(2.0, max(0.0, deadline - loop.time())))
-                await sb.stop_live()
-                await asyncio.sleep(max(s.effective_lag for s in settings.shops).total_seconds())
-                await pull_shops(settings, store, settings.shops)
-                live.update(await demo_table(settings, store, sb))
-            truth = {(o.shop, str(o.order_id)) for o in sb.world.orders()}
-            async with store.transaction() as tx:
-                stored = {(s.order.shop, s.order.platform_order_id) async for s in tx.iter_orders()}
+            async with serve(create_app(settings, store)) as port:
+                sb.hub_url = f"http://127.0.0.1:{port}"
+                await import_catalog(store, settings, catalog)
+                await refresh_stock(settings, store)
+                out.print(
+                    f"sandbox at {sb.base_url} (seed {seed}, {rate}/s live orders); hub "
+                    f"callbacks at {sb.hub_url}; config and database in {directory}/"
+                )
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + seconds
+                with Live(console=out, refresh_per_second=2) as live:
+                    while loop.time() < deadline:
+                        await demo_round(settings, store)
+                        live.update(await demo_table(settings, store, sb))
+                        await asyncio.sleep(min(1.0, max(0.0, deadline - loop.time())))
+                    await sb.stop_live()
+                    lag = max(s.effective_lag for s in settings.shops).total_seconds()
+                    await asyncio.sleep(lag)
+                    for _ in range(60):  # let the WMS ship and confirm what was sent
+                        await demo_round(settings, store)
+                        live.update(await demo_table(settings, store, sb))
+                        if (await demo_counts(store))["open"] == 0:
+                            break
+                        await asyncio.sleep(1.0)
+                truth = {(o.shop, str(o.order_id)) for o in sb.world.orders()}
+                async with store.transaction() as tx:
+                    stored = {
+                        (s.order.shop, s.order.platform_order_id) async for s in tx.iter_orders()
+                    }
+                counts = await demo_counts(store)
+                created = Counter(c.code for c in sb.qimen.creates)
         finally:
             await store.close()
     missing = truth - stored
     out.print(
         f"\nsummary: {len(truth)} orders on the marketplaces, {len(stored)} in the hub, "
-        f"{len(missing)} missing"
+        f"{len(missing)} missing; {counts['deliveries']} delivery orders routed, "
+        f"{len(created)} created in the WMS ({sum(created.values()) - len(created)} twice), "
+        f"{counts['shipped']} shipped, {counts['confirmed']} waybills confirmed on the marketplaces"
     )
     if missing:
         raise HubError(f"{len(missing)} orders were not pulled: {sorted(missing)[:5]}")
     out.print("every order the marketplaces report is in the central store.")
 
 
+async def demo_round(settings: Settings, store: Store) -> None:
+    await pull_shops(settings, store, settings.shops)
+    await route(settings, store)
+    await push_once(settings, store)
+
+
+async def demo_counts(store: Store) -> dict[str, int]:
+    async with store.transaction() as tx:
+        deliveries = [d async for s in tx.iter_orders() for d in s.delivery_orders]
+        ships = await tx.outbox_messages(kind="platform.ship")
+    shipped = sum(d["state"] == "shipped" for d in deliveries)
+    confirmed = sum(m.status.value == "done" for m in ships)
+    open_ = sum(d["state"] in ("pending", "created", "cancel_pending") for d in deliveries)
+    return {
+        "deliveries": len(deliveries),
+        "shipped": shipped,
+        "confirmed": confirmed,
+        "open": open_ + (shipped - confirmed),
+    }
+
+
 async def demo_table(settings: Settings, store: Store, sb: Any) -> Table:
     report = await collect_status(settings, store)
+    flow: dict[str, Counter[str]] = {}
     async with store.transaction() as tx:
         held = await tx.held_orders()
-    reasons: dict[str, dict[str, int]] = {}
+        async for s in tx.iter_orders():
+            counter = flow.setdefault(s.order.shop, Counter())
+            for d in s.delivery_orders:
+                counter[f"do_{d['state']}"] += 1
+            counter["routed"] += bool(s.delivery_orders)
+        ships = await tx.outbox_messages(kind="platform.ship")
+    for m in ships:
+        flow.setdefault(m.target, Counter())["confirmed"] += m.status.value == "done"
+    reasons: dict[str, Counter[str]] = {}
     for h in held:
-        reasons.setdefault(h.shop, {}).setdefault(h.reason, 0)
-        reasons[h.shop][h.reason] += 1
-    counts = {shop: len(sb.world.orders(shop)) for shop in (s.code for s in settings.shops)}
-    table = Table("shop", "on marketplace", "in hub", "held", "held by reason", "cursor lag")
+        reasons.setdefault(h.shop, Counter())[h.reason] += 1
+    table = Table(
+        "shop", "marketplace", "hub", "held (why)", "routed", "in WMS", "shipped", "waybill back"
+    )
     for s in report["shops"]:
+        code = s["code"]
+        f = flow.get(code, Counter())
+        why = ", ".join(f"{k} {v}" for k, v in sorted(reasons.get(code, Counter()).items()))
         table.add_row(
-            s["code"],
-            str(counts.get(s["code"], 0)),
+            code,
+            str(len(sb.world.orders(code))),
             str(s["orders"]),
-            str(s["held"]),
-            ", ".join(f"{k} {v}" for k, v in sorted(reasons.get(s["code"], {}).items())) or "-",
-            f"{s['lag_seconds']}s" if s["lag_seconds"] is not None else "-",
+            f"{s['held']}" + (f" ({why})" if why else ""),
+            str(f["routed"]),
+            str(f["do_created"] + f["do_shipped"]),
+            str(f["do_shipped"]),
+            str(f["confirmed"]),
         )
     return table
 

@@ -489,15 +489,38 @@ class Effects:
         shop = self.settings.shop(str(message.target))
         carrier_code = str(payload["carrier"])
         carrier = next((c for c in self.settings.carriers if c.code == carrier_code), None)
+        order_id = str(payload["platform_order_id"])
         async with self.store.transaction() as tx:
-            stored = await tx.get_order(shop.code, str(payload["platform_order_id"]))
-        await self.marketplace(shop.code).ship(
-            ShipRequest(
-                platform_order_id=str(payload["platform_order_id"]),
-                carrier_code=carrier_code,
-                carrier_jd_id=carrier.jd_id if carrier else None,
-                waybill=str(payload["waybill"]),
-                line_ids=tuple(payload["line_ids"]) if payload.get("split") else (),
-                modified_hint=stored.order.modified if stored else None,
+            stored = await tx.get_order(shop.code, order_id)
+        hint = stored.order.modified if stored else None
+        market = self.marketplace(shop.code)
+        try:
+            await market.ship(
+                ShipRequest(
+                    platform_order_id=order_id,
+                    carrier_code=carrier_code,
+                    carrier_jd_id=carrier.jd_id if carrier else None,
+                    waybill=str(payload["waybill"]),
+                    line_ids=tuple(payload["line_ids"]) if payload.get("split") else (),
+                    modified_hint=hint,
+                )
             )
-        )
+        except RejectedError:
+            # The WMS shipped, but the buyer cancelled on the marketplace meanwhile: that is an
+            # after-sales case for a person (intercept the parcel), not a message to retry.
+            current = await market.get_order(order_id, modified_hint=hint)
+            if current is None or current.status not in (
+                OrderStatus.CANCELLED,
+                OrderStatus.CLOSED,
+            ):
+                raise
+            async with self.store.transaction() as tx:
+                await tx.upsert_orders([current])
+                await tx.set_review(
+                    shop.code,
+                    order_id,
+                    ReviewState.HELD,
+                    HoldReason.AFTER_SALES,
+                    f"{payload['code']} shipped ({payload['waybill']}) after the order was "
+                    "closed on the marketplace: intercept the parcel",
+                )

@@ -10,12 +10,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from connectors.base import (
+    CancelOutcome,
+    DeliveryOrderRequest,
     Listing,
     OrderPage,
     ShipRequest,
     ShipResult,
     StockResult,
     StockUpdate,
+    WmsOrderState,
+    WmsOrderStatus,
 )
 from connectors.errors import ConnectorError, RejectedError
 from models.clock import FixedClock
@@ -74,13 +78,17 @@ class FakeMarketplace:
             self.on_page(self, page)
         return result
 
-    async def get_order(self, platform_order_id: str) -> Order | None:
+    async def get_order(
+        self, platform_order_id: str, *, modified_hint: datetime | None = None
+    ) -> Order | None:
         return self.orders.get(platform_order_id)
 
     async def ship(self, request: ShipRequest) -> ShipResult:
         order = self.orders[request.platform_order_id]
         if order.status == OrderStatus.SHIPPED:
             return ShipResult(already_shipped=True)
+        if order.status in (OrderStatus.CANCELLED, OrderStatus.CLOSED):
+            raise RejectedError("交易状态不允许发货", code="15")
         self.shipped.append(request)
         self.modify(request.platform_order_id, self.clock.now(), status=OrderStatus.SHIPPED)
         return ShipResult()
@@ -90,6 +98,42 @@ class FakeMarketplace:
 
     async def update_stock(self, updates: Sequence[StockUpdate]) -> StockResult:
         return StockResult(done=tuple(updates))
+
+    async def aclose(self) -> None:
+        pass
+
+
+@dataclass
+class FakeWms:
+    """A WMS that, like many real ones, does not deduplicate creates."""
+
+    warehouse: str = "WH-EAST"
+    creates: list[str] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+    shipped: set[str] = field(default_factory=set)
+    stock: dict[str, int] = field(default_factory=dict)
+
+    async def create_delivery_order(self, request: DeliveryOrderRequest) -> str:
+        self.creates.append(request.code)
+        return f"W{len(self.creates)}"
+
+    async def query_delivery_order(self, code: str) -> WmsOrderStatus:
+        if code in self.cancels:
+            return WmsOrderStatus(WmsOrderState.CANCELLED)
+        if code in self.shipped:
+            return WmsOrderStatus(WmsOrderState.SHIPPED)
+        if code in self.creates:
+            return WmsOrderStatus(WmsOrderState.OPEN, f"W{self.creates.index(code) + 1}")
+        return WmsOrderStatus(WmsOrderState.NOT_FOUND)
+
+    async def cancel_delivery_order(self, code: str, reason: str) -> CancelOutcome:
+        if code in self.shipped:
+            return CancelOutcome.ALREADY_SHIPPED
+        self.cancels.append(code)
+        return CancelOutcome.CANCELLED
+
+    async def inventory(self, skus: Sequence[str]) -> dict[str, int]:
+        return {sku: self.stock[sku] for sku in skus if sku in self.stock}
 
     async def aclose(self) -> None:
         pass

@@ -132,5 +132,8 @@ def test_demo_accounts_for_every_order(tmp_path: Path) -> None:
     summary = next(line for line in proc.stdout.splitlines() if line.startswith("summary:"))
     on_platforms, in_hub = [int(w) for w in summary.replace(",", " ").split() if w.isdigit()][:2]
     assert on_platforms == in_hub > 300
-    assert ", 0 missing" in summary
+    assert ", 0 missing" in summary and "(0 twice)" in summary
+    numbers = [int(w) for w in summary.replace(",", " ").replace("(", " ").split() if w.isdigit()]
+    routed, created, _twice, shipped, confirmed = numbers[3:8]
+    assert routed == created > 0 and shipped <= created and confirmed <= shipped
     assert (tmp_path / "demo" / "ecomhub.toml").exists()

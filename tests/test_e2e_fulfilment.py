@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from api.app import create_app
+from api.server import serve
 from config import Settings, load_settings
 from models.domain import DeliveryState, OutboxStatus
 from models.store import Store
@@ -24,18 +24,8 @@ pytestmark = pytest.mark.slow
 @contextlib.asynccontextmanager
 async def hub_http(settings: Settings, store: Store) -> AsyncIterator[int]:
     """The hub's ASGI app on a free loopback port."""
-    config = uvicorn.Config(
-        create_app(settings, store), host="127.0.0.1", port=0, log_level="error"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no started event
-        await asyncio.sleep(0.01)
-    try:
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+    async with serve(create_app(settings, store)) as port:
+        yield port
 
 
 def hub_settings(sb: Sandbox, tmp_path: Path, database_url: str) -> Settings:

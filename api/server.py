@@ -1,0 +1,32 @@
+"""Serving the hub's ASGI app with uvicorn inside the caller's event loop."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """The caller owns signals (the CLI, the daemon's lifecycle), not uvicorn."""
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
+    """Run `app` until the block ends; yields the bound port (port 0 picks a free one)."""
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises the bind error
+            raise RuntimeError(f"the HTTP server on {host}:{port} stopped at start")
+        await asyncio.sleep(0.01)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task

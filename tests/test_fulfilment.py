@@ -1,0 +1,144 @@
+"""Fulfilment against fakes: ask before re-send, cancels that supersede or wait, after-sales."""
+
+from datetime import timedelta
+
+import pytest
+
+from config import Settings, ShopConfig, WarehouseConfig
+from models.clock import FixedClock
+from models.domain import (
+    HoldReason,
+    MasterSku,
+    OrderEventKind,
+    OrderStatus,
+    OutboxMessage,
+    OutboxStatus,
+    ReviewState,
+)
+from models.store import Store
+from sync.fulfilment import (
+    PLATFORM_SHIP,
+    WMS_CANCEL,
+    WMS_CREATE,
+    Effects,
+    react_to_changes,
+    route_ready,
+)
+from sync.outbox import Dispatcher
+from tests.factories import make_order
+from tests.fakes import FakeMarketplace, FakeWms
+
+SHOP = "tmall-flagship"
+
+
+@pytest.fixture
+def settings() -> Settings:
+    shop = ShopConfig.model_validate(
+        {
+            "code": SHOP,
+            "platform": "tmall",
+            "api_url": "http://127.0.0.1:1/r",
+            "app_key": "k",
+            "app_secret": "s",
+            "access_token": "t",
+        }
+    )
+    warehouse = WarehouseConfig.model_validate(
+        {
+            "code": "WH-EAST",
+            "api_url": "http://127.0.0.1:1/q",
+            "app_key": "k",
+            "app_secret": "s",
+            "customer_id": "O",
+            "provinces": ["浙江"],
+            "default_carrier": "SF",
+        }
+    )
+    return Settings(shops=[shop], warehouses=[warehouse])
+
+
+async def routed_order(store: Store, settings: Settings, order_id: str = "1001") -> str:
+    async with store.transaction() as tx:
+        await tx.upsert_master_skus([MasterSku(sku="SKU-0001")])
+        await tx.upsert_orders([make_order(order_id)])
+        await tx.set_review(SHOP, order_id, ReviewState.PASSED)
+        stats = await route_ready(tx, settings)
+    assert stats.routed == 1
+    return f"{SHOP}-{order_id}"
+
+
+def dispatcher(
+    store: Store, settings: Settings, wms: FakeWms, market: FakeMarketplace
+) -> Dispatcher:
+    effects = Effects(store, settings, wms_for=lambda _: wms, marketplace_for=lambda _: market)
+    return Dispatcher(store, effects.handlers(), owner="test")
+
+
+async def test_a_create_that_may_have_arrived_is_asked_for_first(
+    store: Store, settings: Settings, clock: FixedClock
+) -> None:
+    wms, market = FakeWms(), FakeMarketplace(clock=clock)
+    code = await routed_order(store, settings)
+    async with store.transaction() as tx:  # an earlier attempt reached the WMS, then we crashed
+        assert len(await tx.claim_outbox("crashed", 10, timedelta(seconds=1))) == 1
+    wms.creates.append(code)  # what that earlier attempt did at the WMS
+    clock.advance(timedelta(seconds=2))
+    await dispatcher(store, settings, wms, market).drain_once()
+    assert wms.creates == [code]  # asked, found, not sent again
+    async with store.transaction() as tx:
+        delivery = await tx.delivery_order(code)
+    assert delivery is not None and delivery.state.value == "created"
+
+
+async def test_cancel_before_the_create_left_supersedes_it(
+    store: Store, settings: Settings, clock: FixedClock
+) -> None:
+    wms, market = FakeWms(), FakeMarketplace(clock=clock)
+    code = await routed_order(store, settings)
+    async with store.transaction() as tx:
+        await tx.upsert_orders(
+            [make_order("1001", status=OrderStatus.CANCELLED, modified_minutes=5)]
+        )
+        assert await react_to_changes(tx, [("1001", OrderEventKind.CANCELLED)], SHOP) == 1
+    await dispatcher(store, settings, wms, market).drain_once()
+    assert wms.creates == []  # the WMS never heard of it
+    async with store.transaction() as tx:
+        create = await tx.outbox_by_key(f"{WMS_CREATE}:{code}")
+        cancel = await tx.outbox_by_key(f"{WMS_CANCEL}:{code}")
+        delivery = await tx.delivery_order(code)
+    assert create is not None and create.status == OutboxStatus.SUPERSEDED
+    assert cancel is not None and cancel.status == OutboxStatus.DONE
+    assert delivery is not None and delivery.state.value == "cancelled"
+
+
+async def test_waybill_refused_because_the_buyer_cancelled_is_after_sales(
+    store: Store, settings: Settings, clock: FixedClock
+) -> None:
+    wms, market = FakeWms(), FakeMarketplace(clock=clock)
+    market.put(make_order("1001", status=OrderStatus.CANCELLED, modified_minutes=9))
+    async with store.transaction() as tx:
+        await tx.upsert_orders([make_order("1001")])
+        await tx.enqueue(
+            [
+                OutboxMessage(
+                    kind=PLATFORM_SHIP,
+                    target=SHOP,
+                    idempotency_key=f"{PLATFORM_SHIP}:{SHOP}-1001",
+                    payload={
+                        "code": f"{SHOP}-1001",
+                        "platform_order_id": "1001",
+                        "carrier": "SF",
+                        "waybill": "SF1",
+                        "line_ids": [],
+                        "split": False,
+                    },
+                )
+            ]
+        )
+    stats = await dispatcher(store, settings, wms, market).drain_once()
+    assert stats.done == 1 and stats.dead == 0
+    async with store.transaction() as tx:
+        held = await tx.held_orders()
+    assert [(h.platform_order_id, h.reason) for h in held] == [
+        ("1001", HoldReason.AFTER_SALES.value)
+    ]
