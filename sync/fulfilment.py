@@ -46,6 +46,7 @@ from models.domain import (
     OutboxStatus,
     RefundState,
     ReviewState,
+    StockLevel,
 )
 from models.store import NewDeliveryOrder, Store, Tx, to_fen
 from sync.mapping import SkuResolver
@@ -89,7 +90,14 @@ def shippable_lines(order: Order, resolver: SkuResolver) -> list[tuple[RouteLine
     return lines
 
 
-def _available(levels: Sequence[Any]) -> dict[str, dict[str, int]]:
+def refunded_line_numbers(order: Order) -> set[int]:
+    """1-based numbers of the order's lines refunded in full (they no longer ship)."""
+    return {
+        n for n, line in enumerate(order.lines, start=1) if line.refund_state == RefundState.SUCCESS
+    }
+
+
+def _available(levels: Sequence[StockLevel]) -> dict[str, dict[str, int]]:
     available: dict[str, dict[str, int]] = {}
     for level in levels:
         available.setdefault(level.warehouse, {})[level.sku] = level.available
@@ -222,11 +230,7 @@ async def react_to_changes(tx: Tx, events: Sequence[tuple[str, OrderEventKind]],
             continue
         order = stored.order
         closed = order.status in (OrderStatus.CANCELLED, OrderStatus.CLOSED)
-        refunded = {
-            n
-            for n, line in enumerate(order.lines, start=1)
-            if line.refund_state == RefundState.SUCCESS
-        }
+        refunded = refunded_line_numbers(order)
         for delivery in await tx.delivery_orders_of(shop, order_id):
             if delivery.state not in (DeliveryState.PENDING, DeliveryState.CREATED):
                 continue
@@ -467,11 +471,7 @@ class Effects:
 
     async def _recreate(self, tx: Tx, order: Order, delivery: Any) -> None:
         """The lines of a cancelled delivery order that still ship, under the next code."""
-        refunded = {
-            n
-            for n, line in enumerate(order.lines, start=1)
-            if line.refund_state == RefundState.SUCCESS
-        }
+        refunded = refunded_line_numbers(order)
         remaining = tuple(line for line in delivery.lines if line[0] not in refunded)
         if not remaining or order.status in (OrderStatus.CANCELLED, OrderStatus.CLOSED):
             return

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -368,6 +368,3 @@ class _Stats:
     written: int = 0
     errors: int = 0
     committed_until: datetime | None = None
-
-
-MarketplaceFor = Callable[[ShopConfig], Marketplace]
