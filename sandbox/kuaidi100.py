@@ -48,7 +48,6 @@ not checked against the subscribed company; `phone` is not required for any carr
 """
 
 import asyncio
-import contextlib
 import itertools
 import json
 import random
@@ -64,7 +63,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from sandbox.faults import FaultInjector
-from sandbox.redelivery import deliver_until_acknowledged
+from sandbox.redelivery import Loops, deliver_until_acknowledged
 from sandbox.signing import constant_time_equal, kuaidi100_push_sign, kuaidi100_query_sign
 
 CST = timezone(timedelta(hours=8))
@@ -206,7 +205,7 @@ class Kuaidi100Sim:
         self._tracks: dict[str, Track] = {}
         self._stages: list[tuple[float, int, Subscription, int]] = []
         self._ids = itertools.count(1)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops = Loops()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -217,19 +216,12 @@ class Kuaidi100Sim:
         ]
 
     async def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._stage_loop(), name="kuaidi100-stages"),
-                asyncio.create_task(self._push_loop(), name="kuaidi100-pushes"),
-            ]
+        self._loops.start(
+            {"kuaidi100-stages": self._stage_loop, "kuaidi100-pushes": self._push_loop}
+        )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self._loops.stop()
 
     # --- inspection ------------------------------------------------------------------------------
 

@@ -122,7 +122,6 @@ middleware in front of the route (a plain Starlette app, as the sandbox server u
 """
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import random
@@ -141,7 +140,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from sandbox.faults import FaultInjector
-from sandbox.redelivery import deliver_until_acknowledged
+from sandbox.redelivery import Loops, deliver_until_acknowledged
 from sandbox.signing import constant_time_equal, qimen_sign
 
 PATH = "/router/qimen/service"
@@ -439,7 +438,7 @@ class QimenWms:
 
         self._ids = itertools.count(1)
         self._events: list[tuple[float, int, Callable[[], None]]] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops = Loops()
         self._handlers: dict[str, Callable[[list[_Warehouse], ET.Element], XmlNodes]] = {
             "deliveryorder.create": self._create,
             "order.cancel": self._cancel,
@@ -456,19 +455,12 @@ class QimenWms:
         return [Route(PATH, self._endpoint, methods=["POST"])]
 
     async def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._event_loop(), name="qimen-events"),
-                asyncio.create_task(self._callback_loop(), name="qimen-callbacks"),
-            ]
+        self._loops.start(
+            {"qimen-events": self._event_loop, "qimen-callbacks": self._callback_loop}
+        )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self._loops.stop()
 
     # --- inspection ------------------------------------------------------------------------------
 

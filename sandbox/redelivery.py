@@ -2,13 +2,14 @@
 
 Both the WMS (Qimen confirms, stock reports) and the courier (Kuaidi100 pushes) call the hub back
 and keep trying, with a capped exponential backoff, until it answers success: a callback is never
-dropped. One loop serves both simulators.
+dropped. One loop serves both simulators, and `Loops` runs each simulator's background tasks.
 """
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -54,3 +55,22 @@ async def deliver_until_acknowledged(
                     item.last_error = error
                     item.next_at = time.monotonic() + min(cap, first * 2 ** (item.attempts - 1))
             await asyncio.sleep(TICK)
+
+
+class Loops:
+    """A simulator's background loops: started once, cancelled and awaited on stop."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, loops: dict[str, Callable[[], Coroutine[Any, Any, None]]]) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(loop(), name=name) for name, loop in loops.items()]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
