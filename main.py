@@ -11,8 +11,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
+import structlog
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
@@ -27,8 +28,12 @@ from models.store import Store
 from sync.catalog import CatalogFileError, import_catalog
 from sync.errors import HubError
 from sync.fulfilment import RoutingStats
-from sync.runtime import open_store, pull_shops, push_once, refresh_stock, route
+from sync.runtime import open_store, pull_shops, push_once, route
 from sync.status import collect_status
+
+if TYPE_CHECKING:
+    from sync.daemon import Daemon
+    from sync.lifecycle import SystemdNotifier
 
 T = TypeVar("T")
 
@@ -162,9 +167,62 @@ def main(
 
 @app.command()
 def run(ctx: typer.Context) -> None:
-    """The daemon: scheduler + HTTP server until SIGTERM/SIGINT."""
-    _state(ctx).settings()
-    not_built("`ecomhub run` (the daemon)", "issue #6, the daemon")
+    """The daemon: scheduler + HTTP server until SIGTERM/SIGINT, then drain and exit 0."""
+    settings = _state(ctx).settings()
+    execute(ctx, run_daemon(settings))
+
+
+async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Serve the HTTP surface and run the scheduler until SIGTERM/SIGINT (or `stop`)."""
+    import signal
+
+    from api.app import create_app
+    from api.server import serve
+    from sync.daemon import Daemon
+    from sync.lifecycle import SystemdNotifier
+    from sync.metrics import HubMetrics
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    systemd = SystemdNotifier()
+    store = await open_store(settings)
+    try:
+        metrics = HubMetrics()
+        daemon = Daemon(settings, store, metrics=metrics)
+        await daemon.start()
+        try:
+            app = create_app(settings, store, control=daemon, metrics=metrics)
+            host, port = settings.server.host, settings.server.port
+            async with serve(app, host, port) as bound:
+                log = structlog.get_logger("ecomhub.run")
+                log.info("listening", url=f"http://{host}:{bound}", docs="/docs")
+                systemd.ready(f"serving on {host}:{bound}")
+                watchdog = (
+                    asyncio.create_task(_watchdog(systemd, daemon, stop))
+                    if systemd.watchdog_seconds
+                    else None
+                )
+                await stop.wait()
+                log.info("stop requested: draining")
+                systemd.stopping()
+                if watchdog is not None:
+                    watchdog.cancel()
+        finally:
+            await daemon.stop()
+    finally:
+        await store.close()
+
+
+async def _watchdog(systemd: "SystemdNotifier", daemon: "Daemon", stop: asyncio.Event) -> None:
+    """Ping systemd's watchdog at half its interval while the scheduler runs; a wedged daemon
+    stops pinging and systemd restarts it."""
+    interval = (systemd.watchdog_seconds or 2.0) / 2
+    while not stop.is_set():
+        if daemon.running:
+            systemd.watchdog()
+        await asyncio.sleep(interval)
 
 
 @app.command()
@@ -177,10 +235,7 @@ def demo(
         Path, typer.Option("--dir", help="Where the demo's config and SQLite file go.")
     ] = Path("demo-data"),
 ) -> None:
-    """Sandbox + embedded SQLite: orders flow in live, reviewed and held with reasons.
-
-    Until the daemon lands (issue #6) the demo drives the pull loop itself; routing, the WMS and
-    waybills join it as they are built."""
+    """Sandbox + embedded SQLite + the daemon: the whole flow live, then a summary."""
     directory.mkdir(parents=True, exist_ok=True)
     for leftover in directory.glob("ecomhub.db*"):  # each demo starts from an empty store
         leftover.unlink()
@@ -191,16 +246,20 @@ async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -
     from rich.live import Live
 
     from api.app import create_app
-    from api.server import serve
+    from api.server import free_port, serve
     from sandbox.server import Sandbox
+    from sync.daemon import Daemon
+    from sync.metrics import HubMetrics
+    from sync.orders import LIVE_STREAM
 
     database = directory / "ecomhub.db"
     async with Sandbox(
         seed=seed, profile="calm", rate=rate, backlog=300, backlog_days=1.0, ship_delay=1.0
     ) as sb:
+        port = free_port()
         config = directory / "ecomhub.toml"
         config.write_text(
-            sb.hub_config_toml(f"sqlite:///{database.resolve()}", "127.0.0.1", 8780),
+            sb.hub_config_toml(f"sqlite:///{database.resolve()}", "127.0.0.1", port),
             encoding="utf-8",
         )
         settings = load_settings(config, environ={})
@@ -216,37 +275,48 @@ async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -
         )
         store = await open_store(settings)
         try:
-            async with serve(create_app(settings, store)) as port:
-                sb.hub_url = f"http://127.0.0.1:{port}"
-                await import_catalog(store, settings, catalog)
-                await refresh_stock(settings, store)
-                out.print(
-                    f"sandbox at {sb.base_url} (seed {seed}, {rate}/s live orders); hub "
-                    f"callbacks at {sb.hub_url}; config and database in {directory}/"
-                )
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + seconds
-                with Live(console=out, refresh_per_second=2) as live:
-                    while loop.time() < deadline:
-                        await demo_round(settings, store)
-                        live.update(await demo_table(settings, store, sb))
-                        await asyncio.sleep(min(1.0, max(0.0, deadline - loop.time())))
-                    await sb.stop_live()
-                    lag = max(s.effective_lag for s in settings.shops).total_seconds()
-                    await asyncio.sleep(lag)
-                    for _ in range(60):  # let the WMS ship and confirm what was sent
-                        await demo_round(settings, store)
-                        live.update(await demo_table(settings, store, sb))
-                        if (await demo_counts(store))["open"] == 0:
-                            break
-                        await asyncio.sleep(1.0)
-                truth = {(o.shop, str(o.order_id)) for o in sb.world.orders()}
-                async with store.transaction() as tx:
-                    stored = {
-                        (s.order.shop, s.order.platform_order_id) async for s in tx.iter_orders()
-                    }
-                counts = await demo_counts(store)
-                created = Counter(c.code for c in sb.qimen.creates)
+            await import_catalog(store, settings, catalog)
+            daemon = Daemon(settings, store, metrics=HubMetrics())
+            await daemon.start()
+            try:
+                app = create_app(settings, store, control=daemon, metrics=daemon.metrics)
+                async with serve(app, "127.0.0.1", port):
+                    sb.hub_url = settings.server.callback_base
+                    out.print(
+                        f"sandbox at {sb.base_url} (seed {seed}, {rate}/s live orders); the "
+                        f"daemon serves {sb.hub_url} (try {sb.hub_url}/docs and /metrics); "
+                        f"config and database in {directory}/"
+                    )
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + seconds
+                    with Live(console=out, refresh_per_second=2) as live:
+                        while loop.time() < deadline:
+                            live.update(await demo_table(settings, store, sb))
+                            await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+                        await sb.stop_live()
+                        stopped = store.clock.now()
+                        # Wait until every shop's live cursor has passed the moment the world
+                        # stood still, and everything routed has shipped and been confirmed.
+                        for _ in range(240):
+                            live.update(await demo_table(settings, store, sb))
+                            async with store.transaction() as tx:
+                                cursors = [
+                                    await tx.get_cursor(s.code, LIVE_STREAM) for s in settings.shops
+                                ]
+                            caught_up = all(c and c.position >= stopped for c in cursors)
+                            if caught_up and (await demo_counts(store))["open"] == 0:
+                                break
+                            await asyncio.sleep(0.5)
+                    truth = {(o.shop, str(o.order_id)) for o in sb.world.orders()}
+                    async with store.transaction() as tx:
+                        stored = {
+                            (s.order.shop, s.order.platform_order_id)
+                            async for s in tx.iter_orders()
+                        }
+                    counts = await demo_counts(store)
+                    created = Counter(c.code for c in sb.qimen.creates)
+            finally:
+                await daemon.stop()
         finally:
             await store.close()
     missing = truth - stored
@@ -259,12 +329,6 @@ async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -
     if missing:
         raise HubError(f"{len(missing)} orders were not pulled: {sorted(missing)[:5]}")
     out.print("every order the marketplaces report is in the central store.")
-
-
-async def demo_round(settings: Settings, store: Store) -> None:
-    await pull_shops(settings, store, settings.shops)
-    await route(settings, store)
-    await push_once(settings, store)
 
 
 async def demo_counts(store: Store) -> dict[str, int]:

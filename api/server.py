@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
@@ -30,3 +31,10 @@ async def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIt
     finally:
         server.should_exit = True
         await task
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for configs that must name the port up front)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

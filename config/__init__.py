@@ -5,6 +5,7 @@ from config.loader import ConfigError, default_config_path, load_settings
 from config.settings import (
     PLATFORM_DEFAULTS,
     CarrierConfig,
+    DaemonConfig,
     ErpConfig,
     Kuaidi100Config,
     RateCardRow,
@@ -18,6 +19,7 @@ __all__ = [
     "PLATFORM_DEFAULTS",
     "CarrierConfig",
     "ConfigError",
+    "DaemonConfig",
     "Duration",
     "ErpConfig",
     "Kuaidi100Config",

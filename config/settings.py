@@ -11,6 +11,7 @@ Secrets are `SecretStr`: their `repr` and `str` show `**********`; use `.get_sec
 where the value goes on the wire.
 """
 
+import base64
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -103,12 +104,28 @@ class ShopConfig(_Section):
     """The longest the hub waits on a platform ban before giving up the pull for now."""
     customer_number: str | None = None
     """ERP customer number of this shop's sales documents."""
+    webhook_secret: SecretStr | None = None
+    """Standard Webhooks secret (`whsec_<base64>`) of `POST /webhooks/orders/<code>`; without
+    one the hub refuses this shop's webhooks."""
 
     @field_validator("token_expires_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("give an offset, e.g. 2027-03-01T00:00:00+08:00")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            encoded = value.get_secret_value().strip().removeprefix("whsec_")
+            try:
+                key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+            except ValueError:
+                key = b""
+            if len(key) < 16:
+                raise ValueError("give whsec_ followed by the base64 of at least 16 random bytes")
         return value
 
     @property
@@ -181,7 +198,15 @@ class Kuaidi100Config(_Section):
     customer: str
     key: SecretStr
     salt: SecretStr
+    """Kuaidi100 signs its pushes with it; without one they are unsigned, which the hub refuses."""
     api_url: AnyHttpUrl = AnyHttpUrl("https://poll.kuaidi100.com")
+
+    @field_validator("salt")
+    @classmethod
+    def _salt_given(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("must not be empty: the hub accepts only signed tracking pushes")
+        return value
 
 
 class ErpConfig(_Section):
@@ -194,6 +219,45 @@ class ErpConfig(_Section):
     lcid: int = 2052
     org_number: str
     poll_interval: Duration = timedelta(minutes=5)
+
+
+class DaemonConfig(_Section):
+    """How `ecomhub run` schedules its work (defaults suit production; tests shorten them)."""
+
+    lease_ttl: Duration = timedelta(seconds=30)
+    """How long a replica holds a job's lease without renewing it; a dead replica's jobs move
+    to another one this long after it died."""
+    claim_ttl: Duration = timedelta(seconds=60)
+    """How long an outbox claim lasts; a dead replica's in-flight messages wait this long."""
+    route_interval: Duration = timedelta(seconds=10)
+    """Routing also runs after every pull and hint; this is the safety net."""
+    stock_interval: Duration = timedelta(minutes=5)
+    """How often every warehouse's stock is read into the ledger."""
+    tmc_interval: Duration = timedelta(seconds=5)
+    """How often TOP shops' TMC messages are consumed (each one a hint)."""
+    dispatch_idle: Duration = timedelta(seconds=1)
+    """The longest the dispatcher sleeps when nothing is due and nothing woke it."""
+    grace_period: Duration = timedelta(seconds=20)
+    """On SIGTERM: how long in-flight jobs get to finish before they are cancelled."""
+    per_target: int = Field(default=4, ge=1)
+    """Outbox messages in flight at once per warehouse or shop."""
+    retry_delays: list[Duration] = Field(
+        default_factory=lambda: [timedelta(seconds=n) for n in (2, 10, 30, 120, 600, 1800, 3600)],
+        min_length=1,
+    )
+    """Outbox retry schedule: attempt n waits the n-th delay (the last one repeats). From the
+    environment: a comma-separated list, `ECOMHUB_DAEMON__RETRY_DELAYS="1s,5s,30s"`."""
+    retry_jitter: float = Field(default=0.2, ge=0.0, lt=1.0)
+    """± this share of each delay, so retries of many messages spread out."""
+    max_attempts: int = Field(default=10, ge=1)
+    """Attempts before a message becomes a dead letter."""
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return (
+            [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+        )
 
 
 class Settings(BaseSettings):
@@ -209,6 +273,7 @@ class Settings(BaseSettings):
     carriers: list[CarrierConfig] = Field(default_factory=list)
     kuaidi100: Kuaidi100Config | None = None
     erp: ErpConfig | None = None
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     config_path: Path | None = None
     """Where the file came from (set by the loader; relative paths are relative to it)."""
 

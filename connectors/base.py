@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from models.domain import Address, Order, Shipment, SyncError
+from models.domain import Address, Order, Shipment, SyncError, TrackingState
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,12 @@ class Marketplace(Protocol):
         `ShipResult(already_shipped=True)`; one it shows unshipped raises `RejectedError`."""
         ...
 
+    async def shows_shipped(self, request: ShipRequest) -> bool:
+        """Does the marketplace already show this shipment (the order, or the request's lines,
+        shipped; with the same waybill where the platform tells)? Asked before sending a ship
+        confirm that an earlier attempt may have delivered."""
+        ...
+
     async def listings(self) -> Sequence[Listing]:
         """Every listing of the shop with its merchant code."""
         ...
@@ -118,6 +124,49 @@ class Marketplace(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# --- message services (hints) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlatformMessage:
+    """One message of a marketplace's message service (TOP TMC), read into canonical form.
+
+    A message is only a hint that an order changed: the hub re-reads the order itself. One that
+    names no order (an item or other topic) has an empty `platform_order_id`; one the connector
+    could not read has a `problem` and no order."""
+
+    message_id: str
+    """The id to confirm the message by; empty only when the message had none (unconfirmable)."""
+    topic: str
+    """The platform's own topic name (e.g. `taobao_trade_TradeBuyerPay`), for logs."""
+    shop: str
+    platform_order_id: str = ""
+    published: datetime | None = None
+    problem: str = ""
+    """Why the message could not be read; empty for a well-formed message."""
+
+
+@runtime_checkable
+class MessageSource(Protocol):
+    """A marketplace's message queue, consumed by polling with explicit confirmation.
+
+    Delivery is at least once: a message consumed but not confirmed (or confirmed as failed)
+    comes back on a later consume. A connector that has one implements this next to
+    `Marketplace`; `isinstance(connector, MessageSource)` tells the daemon whether to poll it."""
+
+    async def consume_messages(self, group: str, quantity: int) -> list[PlatformMessage]:
+        """Up to `quantity` messages due for the consumer group `group` (the platform may clamp
+        `quantity` to its own limits). An empty list when none is waiting."""
+        ...
+
+    async def confirm_messages(
+        self, group: str, ok_ids: Sequence[str], failed_ids: Sequence[str]
+    ) -> None:
+        """Acknowledge handled messages (never delivered again) and report failed ones (delivered
+        again on a later consume). Does nothing when both are empty."""
+        ...
 
 
 # --- warehouses ---------------------------------------------------------------------------
@@ -272,3 +321,68 @@ class WmsCallbacks(Protocol):
         ...
 
     def failure(self, code: str, message: str) -> tuple[str, str]: ...
+
+
+# --- courier tracking -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrackingRequest:
+    """Ask the courier-tracking service to push every change of one waybill to `callback_url`."""
+
+    carrier: str
+    """The hub's carrier code (the WMS `logisticsCode`); the connector maps it to its own name."""
+    waybill: str
+    callback_url: str
+    phone: str = ""
+    """The receiver's phone; sent only to couriers that require it (SF)."""
+    destination: str = ""
+    """The receiver's city or province, as a hint for the tracker."""
+
+
+@dataclass(frozen=True)
+class TrackingUpdate:
+    """One push of the tracking service, read into canonical form."""
+
+    waybill: str
+    company: str
+    """The tracking service's own name of the courier (for logs; the hub keys on the waybill)."""
+    state: TrackingState
+    raw_state: str
+    """The service's own state code (Kuaidi100 `state`), for logs and after-sales."""
+    stopped: bool = False
+    """The service stopped tracking this waybill (a final state, or it gave up)."""
+    message: str = ""
+    """Why it stopped, when it gave up (Kuaidi100 `abort`: "3天查询无记录" …); else empty."""
+    detail: str = ""
+    """The newest tracking event's text."""
+
+
+class Tracker(Protocol):
+    """A courier-tracking service (Kuaidi100): subscribe a waybill, then it pushes to the hub."""
+
+    async def subscribe(self, request: TrackingRequest) -> None:
+        """Subscribe once. Idempotent in effect: a waybill the service already tracks counts as
+        subscribed. `RejectedError` for a request it will never accept (bad number, unknown
+        courier), `AuthError` for a bad key, `TransientError` to try again later."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class TrackingCallbacks(Protocol):
+    """Verifies and reads the tracking service's pushes, and renders the answers it expects."""
+
+    def verify(self, param: str, sign: str) -> bool:
+        """The push's signature over its raw `param` (constant-time compare)."""
+        ...
+
+    def parse(self, param: str) -> TrackingUpdate:
+        """Raises `BadPayload` for a push it cannot read."""
+        ...
+
+    def success(self) -> tuple[str, str]:
+        """(body, content type) of the success answer."""
+        ...
+
+    def failure(self, message: str) -> tuple[str, str]: ...

@@ -432,12 +432,12 @@ class JdMarketplace:
                 check=succeeded("sopjosshipment_result"),
             )
         except RejectedError:
-            if await self._shows_shipped(request):
+            if await self.shows_shipped(request):
                 return ShipResult(already_shipped=True)
             raise
         return ShipResult()
 
-    async def _shows_shipped(self, request: ShipRequest) -> bool:
+    async def shows_shipped(self, request: ShipRequest) -> bool:
         since = request.modified_hint or self.clock.now() - self.max_window
         raw = await self._find(request.platform_order_id, since - self.hint_margin)
         if raw is None:

@@ -1,17 +1,19 @@
 """Which connector serves which config value: `sync/` and `api/` build connectors only through here.
 
 `MARKETPLACES` is keyed by `ShopConfig.platform`, `WMSES` and `WMS_CALLBACKS` by
-`WarehouseConfig.wms`; a new marketplace or WMS is one module and one entry.
+`WarehouseConfig.wms`; a new marketplace or WMS is one module and one entry. Courier tracking has
+one service (Kuaidi100, `[kuaidi100]`): `tracker_for` / `tracking_callbacks_for`.
 """
 
 from typing import Protocol, TypeVar
 
 import httpx
 
-from config.settings import ShopConfig, WarehouseConfig
-from connectors.base import Marketplace, Wms, WmsCallbacks
+from config.settings import Kuaidi100Config, Settings, ShopConfig, WarehouseConfig
+from connectors.base import Marketplace, Tracker, TrackingCallbacks, Wms, WmsCallbacks
 from connectors.http import RetryPolicy
 from connectors.jd import JdMarketplace
+from connectors.kuaidi100 import Kuaidi100Callbacks, Kuaidi100Tracker
 from connectors.qimen import QimenCallbacks, QimenWms
 from connectors.tmall import TmallMarketplace
 from models.clock import Clock, SystemClock
@@ -107,3 +109,27 @@ def wms_for(
 def wms_callbacks_for(warehouse: WarehouseConfig) -> WmsCallbacks:
     """Verifies, reads and answers what `warehouse`'s WMS calls back with."""
     return _wms_entry(WMS_CALLBACKS, warehouse)(warehouse)
+
+
+def _kuaidi100(settings: Settings) -> Kuaidi100Config:
+    if settings.kuaidi100 is None:
+        raise ValueError("kuaidi100: courier tracking is not configured (no [kuaidi100] section)")
+    return settings.kuaidi100
+
+
+def tracker_for(
+    settings: Settings,
+    *,
+    policy: RetryPolicy | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Tracker:
+    """The courier-tracking client of `[kuaidi100]` (close it with `aclose()`); the carriers'
+    `kuaidi100_code` name the couriers. `ValueError` when tracking is not configured."""
+    return Kuaidi100Tracker(
+        _kuaidi100(settings), settings.carriers, policy=policy, transport=transport
+    )
+
+
+def tracking_callbacks_for(settings: Settings) -> TrackingCallbacks:
+    """Verifies, reads and answers the tracking service's pushes."""
+    return Kuaidi100Callbacks(_kuaidi100(settings))

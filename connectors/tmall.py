@@ -26,9 +26,21 @@ treated as rate limits, with backoff since they carry no ban time.
 Choices: ship and stock writes are not idempotent at the transport (an ambiguous failure goes to
 the outbox, whose re-send lands on the B04 check or rewrites the same absolute quantity). A stock
 batch the platform rejects is reported in `StockResult.failed`; transport and auth failures raise.
+
+TMC (`MessageSource`; decisions.md: the hub polls rather than holding TOP's WebSocket):
+`consume_messages` is `taobao.tmc.messages.consume` (`group_name`, `quantity` clamped to TOP's
+10–200) → `messages.tmc_message[]`; `confirm_messages` is `taobao.tmc.messages.confirm`
+(`s_message_ids` / `f_message_ids`, comma-separated, ≤ 200 ids of each per call).
+`taobao_trade_*` and `taobao_refund_*` messages carry the trade's `tid` in `content` (a JSON
+string) and become order hints; other topics (items …) are messages about no order. A message
+whose content cannot be read becomes a `PlatformMessage` with a `problem`, never an exception.
+TMC is per app: shops that share one `app_key` need a consumer group each (TOP binds sellers to
+groups with `taobao.tmc.group.add`), or one shop's consumer takes the other's messages.
 """
 
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -38,6 +50,7 @@ from config.settings import ShopConfig
 from connectors.base import (
     Listing,
     OrderPage,
+    PlatformMessage,
     ShipRequest,
     ShipResult,
     StockResult,
@@ -210,6 +223,41 @@ def _receiver(raw: Mapping[str, Any]) -> Address | None:
     return None if address == Address() else address
 
 
+ORDER_TOPIC_PREFIXES = ("taobao_trade_", "taobao_refund_")
+"""TMC topics whose `content` names a trade (`tid`): each is a hint to re-read that order."""
+
+
+def to_message(raw: object, *, shop: str) -> PlatformMessage:
+    """One TMC message (`messages.tmc_message[]`) → `PlatformMessage`; never raises.
+
+    `content` is a JSON string (`{"tid": …, "oid": …, "status": …}` for trade topics); a trade or
+    refund message without a readable numeric `tid` gets a `problem`."""
+    if not isinstance(raw, Mapping):
+        return PlatformMessage("", "", shop, problem="message is not an object")
+    message_id, topic = text(raw.get("id")), text(raw.get("topic"))
+    try:
+        published: datetime | None = parse_cst(raw.get("pub_time"))
+    except ValueError:
+        published = None
+    message = PlatformMessage(message_id, topic, shop, published=published)
+    if not message_id:
+        return replace(message, problem="message has no id")
+    if not topic.startswith(ORDER_TOPIC_PREFIXES):
+        return message
+    content = raw.get("content")
+    if isinstance(content, str):
+        try:
+            content = json.loads(content)
+        except ValueError:
+            return replace(message, problem="content is not JSON")
+    if not isinstance(content, Mapping):
+        return replace(message, problem="content is not an object")
+    tid = text(content.get("tid"))
+    if not tid.isdigit():
+        return replace(message, problem=f"content has no usable tid: {tid!r}")
+    return replace(message, platform_order_id=tid)
+
+
 class TmallMarketplace:
     """A Tmall/Taobao shop over TOP (see the module docstring for the wire contract)."""
 
@@ -227,6 +275,10 @@ class TmallMarketplace:
     sku_batch: ClassVar[int] = 20
     already_shipped_sub_code: ClassVar[str] = "isv.logistics-offline-service-error:B04"
     missing_trade_sub_code: ClassVar[str] = "isv.trade-not-exist"
+    consume_method: ClassVar[str] = "taobao.tmc.messages.consume"
+    confirm_method: ClassVar[str] = "taobao.tmc.messages.confirm"
+    tmc_min_batch: ClassVar[int] = 10
+    tmc_max_batch: ClassVar[int] = 200
 
     def __init__(
         self,
@@ -335,7 +387,7 @@ class TmallMarketplace:
         except RejectedError as exc:
             if exc.sub_code != self.already_shipped_sub_code:
                 raise
-            if await self._shows_shipped(request):
+            if await self.shows_shipped(request):
                 return ShipResult(already_shipped=True)
             raise
         shipping = body.get("shipping")
@@ -345,7 +397,7 @@ class TmallMarketplace:
             )
         return ShipResult()
 
-    async def _shows_shipped(self, request: ShipRequest) -> bool:
+    async def shows_shipped(self, request: ShipRequest) -> bool:
         trade = await self._fullinfo(request.platform_order_id, "tid,status,orders")
         if trade is None:
             return False
@@ -453,6 +505,33 @@ class TmallMarketplace:
             failed.extend((u, str(exc)) for u in batch)
         else:
             done.extend(batch)
+
+    # --- TMC messages ---------------------------------------------------------------------
+
+    async def consume_messages(self, group: str, quantity: int) -> list[PlatformMessage]:
+        quantity = max(self.tmc_min_batch, min(self.tmc_max_batch, quantity))
+        body = await self.client.call(
+            self.consume_method, {"group_name": group, "quantity": quantity}, idempotent=True
+        )
+        raw_messages = unwrap_list(body.get("messages"), "tmc_message")
+        return [to_message(raw, shop=self.shop.code) for raw in raw_messages]
+
+    async def confirm_messages(
+        self, group: str, ok_ids: Sequence[str], failed_ids: Sequence[str]
+    ) -> None:
+        # Confirming twice is harmless (TOP forgets a confirmed id), so the call is retried.
+        size = self.tmc_max_batch
+        for start in range(0, max(len(ok_ids), len(failed_ids)), size):
+            params = {
+                "group_name": group,
+                "s_message_ids": ",".join(ok_ids[start : start + size]) or None,
+                "f_message_ids": ",".join(failed_ids[start : start + size]) or None,
+            }
+            body = await self.client.call(self.confirm_method, params, idempotent=True)
+            if body.get("is_success") not in (True, "true"):
+                raise self.client.fail(
+                    self.confirm_method, Fault.REJECTED, "is_success is not true"
+                )
 
 
 def _maybe_int(value: object) -> int | None:

@@ -60,6 +60,15 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cursor.execute("PRAGMA busy_timeout=10000")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+            # The driver's own BEGIN is deferred: a transaction that reads, then writes while
+            # another connection writes fails at once with "database is locked" (SQLite cannot
+            # wait there without deadlocking). BEGIN IMMEDIATE takes the write lock up front,
+            # where busy_timeout waits for it. WAL readers are not blocked by it.
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

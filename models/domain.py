@@ -217,6 +217,20 @@ class DeliveryState(StrEnum):
         return self in (DeliveryState.PENDING, DeliveryState.CREATED, DeliveryState.CANCEL_PENDING)
 
 
+class TrackingState(StrEnum):
+    """Where a shipped parcel is, as the courier tracking reports it (`shipments.tracking_state`)."""
+
+    SHIPPED = "shipped"
+    """With the courier, not yet at a final state (every in-transit state)."""
+    DELIVERED = "delivered"
+    REFUSED = "refused"
+    """Refused by the receiver (拒签) or signed back by the sender (退签)."""
+
+    @property
+    def final(self) -> bool:
+        return self is not TrackingState.SHIPPED
+
+
 class BundleComponent(_Frozen):
     sku: str
     qty: int = Field(gt=0)

@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 from sqlalchemy import (
     Row,
@@ -61,6 +62,7 @@ from models.domain import (
     StockLevel,
     SyncError,
     SyncRun,
+    TrackingState,
 )
 
 # SQLite allows 32766 bound parameters per statement; keep multi-row statements well below.
@@ -168,6 +170,16 @@ class DeliveryOrder:
     state: DeliveryState
     wms_order_id: str
     lines: tuple[tuple[int, str, int, int], ...]
+
+
+class TrackingMove(StrEnum):
+    """What a tracking update did to the shipments of its waybill."""
+
+    MOVED = "moved"
+    UNCHANGED = "unchanged"
+    """In transit, or already at a final state (a repeated push)."""
+    UNKNOWN = "unknown"
+    """No shipment has this waybill."""
 
 
 @dataclass(frozen=True)
@@ -333,6 +345,20 @@ def _events_for(old: Order | None, new: Order) -> list[OrderEventKind]:
     ):
         events.append(OrderEventKind.LINE_REFUNDED)
     return events
+
+
+WebhookStatus = Literal["accepted", "rejected"]
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One row of the webhook inbox: a delivery the hub received, by (source, delivery id)."""
+
+    source: str
+    delivery_id: str
+    payload: str
+    status: str
+    received_at: datetime
 
 
 class Tx:
@@ -1014,6 +1040,29 @@ class Tx:
         )
         return result.rowcount == 1
 
+    async def settle_outbox(self, idempotency_key: str, reason: str) -> bool:
+        """Mark a message done because its target shows the effect already (a WMS confirming
+        the shipment of an order whose create is still being retried), whether or not a
+        dispatcher holds it; that dispatcher's own outcome then finds its claim gone."""
+        now = self.clock.now()
+        result = await self.connection.execute(
+            update(t.outbox)
+            .where(
+                t.outbox.c.idempotency_key == idempotency_key,
+                t.outbox.c.status.in_([OutboxStatus.PENDING.value, OutboxStatus.DEAD.value]),
+            )
+            .values(
+                status=OutboxStatus.DONE.value,
+                claimed_by=None,
+                claimed_until=None,
+                last_error=reason,
+                ambiguous=False,
+                updated_at=now,
+                done_at=now,
+            )
+        )
+        return result.rowcount == 1
+
     async def retry_outbox(
         self,
         message_id: int,
@@ -1043,12 +1092,16 @@ class Tx:
         )
         return result.rowcount == 1
 
-    async def release_outbox_claims(self, owner: str) -> int:
-        """Give back unfinished claims (on shutdown), so another dispatcher takes them at once."""
+    async def release_outbox_claims(self, owner: str, *, all_but: bool = False) -> int:
+        """Give back unfinished claims (on shutdown), so another dispatcher takes them at once.
+        With `all_but`, give back everyone's claims except `owner`'s: the only replica of an
+        embedded database knows every other claim belongs to a process that died."""
+        claimed = t.outbox.c.claimed_by != owner if all_but else t.outbox.c.claimed_by == owner
         result = await self.connection.execute(
             update(t.outbox)
             .where(
-                t.outbox.c.claimed_by == owner,
+                claimed,
+                t.outbox.c.claimed_by.is_not(None),
                 t.outbox.c.status == OutboxStatus.PENDING.value,
             )
             .values(claimed_by=None, claimed_until=None, updated_at=self.clock.now())
@@ -1329,6 +1382,36 @@ class Tx:
         ).first()
         return _outbox_from_row(row) if row else None
 
+    # --- tracking ----------------------------------------------------------------------------
+
+    async def move_tracking(self, waybill: str, state: TrackingState) -> TrackingMove:
+        """Move every shipment with `waybill` from SHIPPED to a final `state`; a final state is
+        never left, and an in-transit `state` changes nothing."""
+        known = await self.tracking_state(waybill)
+        if known is None:
+            return TrackingMove.UNKNOWN
+        if not state.final or known.final:
+            return TrackingMove.UNCHANGED
+        result = await self.connection.execute(
+            update(t.shipments)
+            .where(
+                t.shipments.c.waybill == waybill,
+                t.shipments.c.tracking_state == TrackingState.SHIPPED.value,
+            )
+            .values(tracking_state=state.value)
+        )
+        return TrackingMove.MOVED if result.rowcount else TrackingMove.UNCHANGED
+
+    async def tracking_state(self, waybill: str) -> TrackingState | None:
+        """The tracking state of `waybill`'s shipments (the furthest one); None if none has it."""
+        rows = await self.connection.execute(
+            select(t.shipments.c.tracking_state).where(t.shipments.c.waybill == waybill)
+        )
+        states = [TrackingState(r.tracking_state) for r in rows]
+        if not states:
+            return None
+        return next((s for s in states if s.final), TrackingState.SHIPPED)
+
     # --- stock ledger ------------------------------------------------------------------------
 
     async def set_stock(self, warehouse: str, levels: Mapping[str, int], as_of: datetime) -> None:
@@ -1439,9 +1522,16 @@ class Tx:
 
     # --- leases ------------------------------------------------------------------------------
 
-    async def acquire_lease(self, name: str, owner: str, ttl: timedelta) -> bool:
-        """Take or renew the lease when it is free, expired, or already ours."""
+    async def acquire_lease(
+        self, name: str, owner: str, ttl: timedelta, *, take_from: str | None = None
+    ) -> bool:
+        """Take or renew the lease when it is free, expired, or already ours; `take_from` names
+        a holder known to be dead (a crashed process on this host), whose lease is taken at once
+        rather than after it expires."""
         now = self.clock.now()
+        takeable = or_(t.leases.c.owner == owner, t.leases.c.expires_at < now)
+        if take_from is not None:
+            takeable = or_(takeable, t.leases.c.owner == take_from)
         statement = self._upsert(t.leases).values(
             name=name, owner=owner, acquired_at=now, expires_at=now + ttl
         )
@@ -1453,7 +1543,7 @@ class Tx:
                     "acquired_at": statement.excluded.acquired_at,
                     "expires_at": statement.excluded.expires_at,
                 },
-                where=or_(t.leases.c.owner == owner, t.leases.c.expires_at < now),
+                where=takeable,
             ).returning(t.leases.c.name)
         )
         return result.first() is not None
@@ -1462,6 +1552,18 @@ class Tx:
         await self.connection.execute(
             delete(t.leases).where(t.leases.c.name == name, t.leases.c.owner == owner)
         )
+
+    async def release_leases(self, owner: str) -> int:
+        """Give back every lease `owner` holds (a replica shutting down)."""
+        result = await self.connection.execute(
+            delete(t.leases).where(t.leases.c.owner == owner).returning(t.leases.c.name)
+        )
+        return len(result.all())
+
+    async def leases(self) -> list[tuple[str, str, datetime]]:
+        """Every lease: (name, owner, expires at)."""
+        rows = await self.connection.execute(select(t.leases).order_by(t.leases.c.name))
+        return [(r.name, r.owner, r.expires_at) for r in rows]
 
     async def lease_owner(self, name: str) -> tuple[str, datetime] | None:
         row = (
@@ -1505,6 +1607,80 @@ class Tx:
                 )
             )
         return summaries
+
+    # --- admin API ---------------------------------------------------------------------------
+
+    async def run_errors(
+        self, run_ids: Sequence[int], per_run: int = 20
+    ) -> dict[int, list[SyncError]]:
+        """The first `per_run` records each run skipped (malformed orders …), oldest first; the
+        run's `errors` figure has the full count."""
+        if not run_ids:
+            return {}
+        numbered = (
+            select(
+                t.sync_errors,
+                func.row_number()
+                .over(partition_by=t.sync_errors.c.run_id, order_by=t.sync_errors.c.id)
+                .label("n"),
+            )
+            .where(t.sync_errors.c.run_id.in_(list(run_ids)))
+            .subquery()
+        )
+        rows = await self.connection.execute(
+            select(numbered)
+            .where(numbered.c.n <= per_run)
+            .order_by(numbered.c.run_id, numbered.c.id)
+        )
+        found: dict[int, list[SyncError]] = {}
+        for r in rows:
+            found.setdefault(r.run_id, []).append(
+                SyncError(
+                    source=r.source, key=r.key, reason=r.reason, raw=r.raw, created_at=r.created_at
+                )
+            )
+        return found
+
+    # --- webhook inbox -----------------------------------------------------------------------
+
+    async def record_webhook(
+        self, source: str, delivery_id: str, payload: str, status: WebhookStatus
+    ) -> bool:
+        """Store one webhook delivery once per (source, delivery id). False when that delivery
+        was stored before (a retry or a replay): the caller must not act on it again."""
+        statement = (
+            self._upsert(t.webhook_inbox)
+            .values(
+                source=source,
+                delivery_id=delivery_id,
+                payload=payload,
+                status=status,
+                received_at=self.clock.now(),
+            )
+            .on_conflict_do_nothing(
+                index_elements=[t.webhook_inbox.c.source, t.webhook_inbox.c.delivery_id]
+            )
+            .returning(t.webhook_inbox.c.id)
+        )
+        return (await self.connection.execute(statement)).first() is not None
+
+    async def webhook_deliveries(
+        self, source: str | None = None, limit: int = 200
+    ) -> list[WebhookDelivery]:
+        """Stored deliveries, oldest first."""
+        query = select(t.webhook_inbox).order_by(t.webhook_inbox.c.id).limit(limit)
+        if source is not None:
+            query = query.where(t.webhook_inbox.c.source == source)
+        return [
+            WebhookDelivery(
+                source=r.source,
+                delivery_id=r.delivery_id,
+                payload=r.payload,
+                status=r.status,
+                received_at=r.received_at,
+            )
+            for r in await self.connection.execute(query)
+        ]
 
 
 def _outbox_from_row(row: Row[Any]) -> OutboxMessage:

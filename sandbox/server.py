@@ -373,6 +373,13 @@ class Sandbox:
             f"host = {_q(hub_host)}",
             f"port = {hub_port}",
             f"admin_token = {_q(self.admin_token)}",
+            "",
+            "[daemon]  # the sandbox answers in milliseconds: keep the loops short",
+            'route_interval = "2s"',
+            'stock_interval = "30s"',
+            'tmc_interval = "2s"',
+            'lease_ttl = "10s"',
+            'grace_period = "5s"',
         ]
         for shop in self.shops:
             out += [

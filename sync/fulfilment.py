@@ -6,6 +6,8 @@ it, and sent by the dispatcher through the handlers built here:
     route (PAID, review passed)  → delivery orders (reserve stock) + `wms.create`
     close / refund before ship   → `wms.cancel` (a pending create of the same order is superseded)
     WMS confirm callback         → shipment, stock change, delivery order shipped + `platform.ship`
+                                   (+ `tracking.subscribe` of its waybill when `[kuaidi100]` is set)
+    courier tracking push        → the shipment delivered / refused (`apply_tracking`)
 
 Exactly once. The WMS does not deduplicate creates, so a create that may have been sent before
 (`maybe_sent`) first asks `deliveryorder.query`; only NOT_FOUND sends it again. A cancel waits
@@ -31,10 +33,14 @@ from connectors.base import (
     ShipmentConfirm,
     ShipRequest,
     StockChange,
+    Tracker,
+    TrackingRequest,
+    TrackingUpdate,
     Wms,
     WmsOrderState,
 )
 from connectors.errors import RejectedError, TransientError
+from connectors.registry import tracker_for as registry_tracker_for
 from models.domain import (
     Address,
     DeliveryState,
@@ -46,9 +52,11 @@ from models.domain import (
     OutboxStatus,
     RefundState,
     ReviewState,
+    Shipment,
     StockLevel,
+    SyncError,
 )
-from models.store import NewDeliveryOrder, Store, Tx, to_fen
+from models.store import NewDeliveryOrder, Store, TrackingMove, Tx, to_fen
 from sync.mapping import SkuResolver
 from sync.outbox import Handler, maybe_sent
 from sync.review import load_resolver
@@ -57,6 +65,10 @@ from sync.routing import RouteLine, route
 WMS_CREATE = "wms.create"
 WMS_CANCEL = "wms.cancel"
 PLATFORM_SHIP = "platform.ship"
+TRACKING_SUBSCRIBE = "tracking.subscribe"
+TRACKING_TARGET = "kuaidi100"
+TRACKING_CALLBACK_PATH = "/webhooks/kuaidi100"
+"""Where the tracking service pushes to, under `server.callback_base`."""
 
 log = structlog.get_logger("ecomhub.sync.fulfilment")
 
@@ -288,11 +300,17 @@ async def _apply_shipment(
     shipment = confirm.shipment
     if not await tx.add_shipment(shipment):
         return "shipment repeated"
+    if settings.kuaidi100 is not None and shipment.waybill:
+        await tx.enqueue([_tracking_message(shipment)])
     code = shipment.delivery_order_code
     delivery = await tx.delivery_order(code)
     if delivery is None:
         log.warning("shipment for a delivery order the hub does not know", code=code)
         return "shipment of an unknown delivery order"
+    # The WMS shipped it, so it has it: a create still being retried (its answer was lost) is
+    # done, and must not be sent again.
+    if await tx.settle_outbox(f"{WMS_CREATE}:{code}", "settled: the WMS confirmed the shipment"):
+        log.info("create settled by the WMS's shipment confirm", code=code)
     shipped = confirm.shipped_lines or tuple((sku, qty) for _, sku, qty, _ in delivery.lines)
     for sku, qty in shipped:
         await tx.apply_stock_change(
@@ -331,6 +349,40 @@ async def _apply_shipment(
         ]
     )
     return "shipment stored"
+
+
+# --- courier tracking ------------------------------------------------------------------------
+
+
+def _tracking_message(shipment: Shipment) -> OutboxMessage:
+    """Subscribe the shipment's waybill (the first package's: the one the marketplace gets)."""
+    return OutboxMessage(
+        kind=TRACKING_SUBSCRIBE,
+        target=TRACKING_TARGET,
+        idempotency_key=f"{TRACKING_SUBSCRIBE}:{shipment.carrier}:{shipment.waybill}",
+        payload={
+            "carrier": shipment.carrier,
+            "waybill": shipment.waybill,
+            "code": shipment.delivery_order_code,
+        },
+    )
+
+
+async def apply_tracking(tx: Tx, update: TrackingUpdate, raw: str = "") -> TrackingMove:
+    """Store one tracking push: move the waybill's shipments to delivered / refused (never back
+    from a final state). A waybill the hub never shipped is recorded as a sync error, as is a
+    tracking the service gave up on; neither is a failure of the push."""
+    moved = await tx.move_tracking(update.waybill, update.state)
+    problem = ""
+    if moved == TrackingMove.UNKNOWN:
+        problem = f"tracking push for a waybill the hub never shipped ({update.company})"
+    elif update.stopped and not update.state.final:
+        problem = f"tracking stopped before delivery: {update.message or update.raw_state}"
+    if problem:
+        await tx.record_errors(
+            [SyncError(source=TRACKING_TARGET, key=update.waybill, reason=problem, raw=raw)]
+        )
+    return moved
 
 
 # --- handlers --------------------------------------------------------------------------------
@@ -376,19 +428,23 @@ class Effects:
         *,
         wms_for: Callable[[WarehouseConfig], Wms],
         marketplace_for: Callable[[ShopConfig], Marketplace],
+        tracker_for: Callable[[Settings], Tracker] = registry_tracker_for,
     ) -> None:
         self.store = store
         self.settings = settings
         self._wms_for = wms_for
         self._marketplace_for = marketplace_for
+        self._tracker_for = tracker_for
         self._wms: dict[str, Wms] = {}
         self._markets: dict[str, Marketplace] = {}
+        self._tracker: Tracker | None = None
 
     def handlers(self) -> Mapping[str, Handler]:
         return {
             WMS_CREATE: self.create,
             WMS_CANCEL: self.cancel,
             PLATFORM_SHIP: self.ship,
+            TRACKING_SUBSCRIBE: self.subscribe_tracking,
         }
 
     def wms(self, warehouse: str) -> Wms:
@@ -401,11 +457,20 @@ class Effects:
             self._markets[shop] = self._marketplace_for(self.settings.shop(shop))
         return self._markets[shop]
 
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            if self.settings.kuaidi100 is None:
+                raise RejectedError("courier tracking is not configured (no [kuaidi100])")
+            self._tracker = self._tracker_for(self.settings)
+        return self._tracker
+
     async def aclose(self) -> None:
         for wms in self._wms.values():
             await wms.aclose()
         for market in self._markets.values():
             await market.aclose()
+        if self._tracker is not None:
+            await self._tracker.aclose()
 
     async def create(self, message: OutboxMessage) -> None:
         code = str(message.payload["code"])
@@ -494,17 +559,23 @@ class Effects:
             stored = await tx.get_order(shop.code, order_id)
         hint = stored.order.modified if stored else None
         market = self.marketplace(shop.code)
-        try:
-            await market.ship(
-                ShipRequest(
-                    platform_order_id=order_id,
-                    carrier_code=carrier_code,
-                    carrier_jd_id=carrier.jd_id if carrier else None,
-                    waybill=str(payload["waybill"]),
-                    line_ids=tuple(payload["line_ids"]) if payload.get("split") else (),
-                    modified_hint=hint,
-                )
+        request = ShipRequest(
+            platform_order_id=order_id,
+            carrier_code=carrier_code,
+            carrier_jd_id=carrier.jd_id if carrier else None,
+            waybill=str(payload["waybill"]),
+            line_ids=tuple(payload["line_ids"]) if payload.get("split") else (),
+            modified_hint=hint,
+        )
+        if maybe_sent(message) and await market.shows_shipped(request):
+            log.info(
+                "the marketplace already shows the shipment: not sent again",
+                shop=shop.code,
+                code=payload.get("code"),
             )
+            return
+        try:
+            await market.ship(request)
         except RejectedError:
             # The WMS shipped, but the buyer cancelled on the marketplace meanwhile: that is an
             # after-sales case for a person (intercept the parcel), not a message to retry.
@@ -524,3 +595,20 @@ class Effects:
                     f"{payload['code']} shipped ({payload['waybill']}) after the order was "
                     "closed on the marketplace: intercept the parcel",
                 )
+
+    async def subscribe_tracking(self, message: OutboxMessage) -> None:
+        """Subscribe a shipped waybill; the service then pushes to `TRACKING_CALLBACK_PATH`."""
+        payload = message.payload
+        tracker = self.tracker()
+        async with self.store.transaction() as tx:
+            order = await tx.order_of_delivery(str(payload["code"]))
+        receiver = (order.receiver if order else None) or Address()
+        await tracker.subscribe(
+            TrackingRequest(
+                carrier=str(payload["carrier"]),
+                waybill=str(payload["waybill"]),
+                callback_url=self.settings.server.callback_base + TRACKING_CALLBACK_PATH,
+                phone=receiver.mobile or receiver.phone,
+                destination=receiver.city or receiver.province,
+            )
+        )

@@ -189,7 +189,7 @@ class OrderPuller:
         logger = log.bind(shop=self.shop.code, job=job, run_id=run_id)
         windows = slices(start, end, self.shop.effective_max_window) if end > start else []
         self.progress.windows_planned(len(windows))
-        stats = _Stats()
+        stats = _Stats(run_id=run_id)
         status, message = RunStatus.OK, ""
         for number, (w_start, w_end) in enumerate(windows):
             try:
@@ -342,7 +342,7 @@ class OrderPuller:
         async with self.store.transaction() as tx:
             result = await tx.upsert_orders(list(chunk.orders.values()))
             if chunk.errors:
-                await tx.record_errors(chunk.errors)
+                await tx.record_errors(chunk.errors, run_id=stats.run_id)
             cursor = await tx.get_cursor(self.shop.code, stream)
             if cursor is None or chunk.end > cursor.position:
                 await tx.set_cursor(Cursor(shop=self.shop.code, stream=stream, position=chunk.end))
@@ -362,6 +362,8 @@ class OrderPuller:
 
 @dataclass
 class _Stats:
+    run_id: int | None = None
+    """The run the skipped records are filed under (the admin API lists them per run)."""
     windows: int = 0
     pages: int = 0
     seen: int = 0

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from config import DaemonConfig
 from connectors.errors import (
     AmbiguousError,
     ConnectorError,
@@ -48,6 +49,14 @@ class RetrySchedule:
     delays: tuple[float, ...] = (2, 10, 30, 120, 600, 1800, 3600)
     jitter: float = 0.2
     max_attempts: int = 10
+
+    @classmethod
+    def from_config(cls, options: DaemonConfig) -> "RetrySchedule":
+        return cls(
+            delays=tuple(d.total_seconds() for d in options.retry_delays),
+            jitter=options.retry_jitter,
+            max_attempts=options.max_attempts,
+        )
 
     def next_attempt(
         self, attempts: int, now: datetime, rng: random.Random, not_before: float = 0.0
@@ -115,16 +124,17 @@ class Dispatcher:
             self._limits[target] = asyncio.Semaphore(self.per_target)
         return self._limits[target]
 
-    async def drain_once(self) -> DrainStats:
+    async def drain_once(self, stop: asyncio.Event | None = None) -> DrainStats:
         """Send everything that is due now (including what becomes due while sending, e.g. a
-        message written by a handler), then return."""
+        message written by a handler), then return; with `stop`, claim nothing once it is set."""
         stats = DrainStats()
-        while True:
+        while stop is None or not stop.is_set():
             async with self.store.transaction() as tx:
                 claimed = await tx.claim_outbox(self.owner, self.batch, self.claim_ttl)
             if not claimed:
-                return stats
+                break
             await asyncio.gather(*(self._send(message, stats) for message in claimed))
+        return stats
 
     async def _send(self, message: OutboxMessage, stats: DrainStats) -> None:
         async with self._limit(message.target):
@@ -193,7 +203,7 @@ class Dispatcher:
         the idle wait short."""
         while not stop.is_set():
             try:
-                await self.drain_once()
+                await self.drain_once(stop)
             except Exception:
                 log.exception("dispatch pass failed; retrying")
             self.wake.clear()

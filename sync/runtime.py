@@ -16,7 +16,7 @@ from models.store import Store
 from sync.errors import DatabaseNotReady
 from sync.fulfilment import Effects, RoutingStats, route_all
 from sync.orders import OrderPuller, PullProgress
-from sync.outbox import Dispatcher, DrainStats
+from sync.outbox import Dispatcher, DrainStats, RetrySchedule
 from sync.stock import StockReading, read_stock
 
 
@@ -101,7 +101,13 @@ async def push_once(settings: Settings, store: Store, owner: str | None = None) 
     """Drain the outbox once: everything due now is sent (or scheduled for a retry)."""
     effects = effects_for(settings, store)
     try:
-        dispatcher = Dispatcher(store, effects.handlers(), owner=owner or replica_name())
+        dispatcher = Dispatcher(
+            store,
+            effects.handlers(),
+            owner=owner or replica_name(),
+            schedule=RetrySchedule.from_config(settings.daemon),
+            per_target=settings.daemon.per_target,
+        )
         return await dispatcher.drain_once()
     finally:
         await effects.aclose()

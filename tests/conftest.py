@@ -7,9 +7,11 @@ drops it at the end. Without a reachable server those tests are skipped with the
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -74,11 +76,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     async def migrate() -> None:
         engine = create_engine(f"sqlite:///{path}")
         await upgrade(engine)
-        async with engine.connect() as conn:
-            await conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
         await engine.dispose()
 
     asyncio.run(migrate())
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # fold the WAL into the file
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return path
 
 

@@ -93,6 +93,10 @@ class FakeMarketplace:
         self.modify(request.platform_order_id, self.clock.now(), status=OrderStatus.SHIPPED)
         return ShipResult()
 
+    async def shows_shipped(self, request: ShipRequest) -> bool:
+        order = self.orders.get(request.platform_order_id)
+        return order is not None and order.status == OrderStatus.SHIPPED
+
     async def listings(self) -> Sequence[Listing]:
         return []
 
@@ -137,3 +141,40 @@ class FakeWms:
 
     async def aclose(self) -> None:
         pass
+
+
+@dataclass
+class RecordingControl:
+    """A `sync.control.HubControl` that records what the HTTP surface and jobs ask of the daemon.
+
+    `fail_hints` names order ids whose `hint` raises (a daemon that cannot queue work)."""
+
+    running: bool = True
+    hints: list[tuple[str, str]] = field(default_factory=list)
+    pulls: list[str] = field(default_factory=list)
+    backfills: list[tuple[str, datetime, datetime]] = field(default_factory=list)
+    wakes: int = 0
+    routes: int = 0
+    fail_hints: set[str] = field(default_factory=set)
+
+    def request_pull(self, shop: str) -> None:
+        self.pulls.append(shop)
+
+    def request_backfill(self, shop: str, since: datetime, until: datetime) -> None:
+        self.backfills.append((shop, since, until))
+
+    def hint(self, shop: str, platform_order_id: str) -> None:
+        if platform_order_id in self.fail_hints:
+            raise RuntimeError(f"cannot queue a fetch of {platform_order_id}")
+        self.hints.append((shop, platform_order_id))
+
+    def request_route(self) -> None:
+        self.routes += 1
+
+    @property
+    def calls(self) -> int:
+        """Everything asked, of any kind."""
+        return len(self.pulls) + len(self.backfills) + len(self.hints) + self.wakes + self.routes
+
+    def wake_dispatcher(self) -> None:
+        self.wakes += 1

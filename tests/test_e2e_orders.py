@@ -13,19 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings, load_settings
+from config import Settings
 from models.clock import CST
 from models.store import Store
 from sandbox.server import Sandbox
 from sync.runtime import pull_shops
+from tests.e2e import hub_settings
 
 pytestmark = pytest.mark.slow
-
-
-def hub_settings(sandbox: Sandbox, tmp_path: Path, database_url: str) -> Settings:
-    path = tmp_path / "ecomhub.toml"
-    path.write_text(sandbox.hub_config_toml(database_url, "127.0.0.1", 1), encoding="utf-8")
-    return load_settings(path, environ={})
 
 
 async def stored(store: Store) -> dict[tuple[str, str], tuple[str, datetime]]:
