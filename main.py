@@ -5,6 +5,7 @@ message names the field and the file). No command ends in a bare traceback.
 """
 
 import asyncio
+import csv
 import json
 import sys
 from collections import Counter
@@ -21,15 +22,28 @@ from rich.table import Table
 
 from config import ConfigError, Settings, load_settings
 from config.logging import Redactor, configure_logging
+from connectors.registry import wms_for
 from models.clock import parse_cli_time
 from models.db import UnsupportedDatabase, create_engine, safe_url, upgrade
-from models.domain import OutboxMessage, RunStatus, SyncRun
+from models.domain import OutboxMessage, ReconciliationReport, RunStatus, SyncRun
 from models.store import Store
+from sync import reconcile
 from sync.catalog import CatalogFileError, import_catalog
+from sync.channel_stock import StockSync
+from sync.erp import poll_erp
 from sync.errors import HubError
 from sync.fulfilment import RoutingStats
-from sync.runtime import open_store, pull_shops, push_once, route
+from sync.outbox import DrainStats
+from sync.runtime import (
+    open_store,
+    pull_shops,
+    push_once,
+    refresh_stock,
+    route,
+    stock_sync_once,
+)
 from sync.status import collect_status
+from sync.stock import StockReading
 
 if TYPE_CHECKING:
     from sync.daemon import Daemon
@@ -145,6 +159,7 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(reconcile_app, name="reconcile")
 
 Format = Annotated[str, typer.Option("--format", help="table or json")]
+ReportFormat = Annotated[str, typer.Option("--format", help="table, json or csv")]
 
 
 @app.callback()
@@ -178,7 +193,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
 
     from api.app import create_app
     from api.server import serve
-    from sync.daemon import Daemon
+    from sync.daemon import Daemon, wait_first
     from sync.lifecycle import SystemdNotifier
     from sync.metrics import HubMetrics
 
@@ -204,13 +219,15 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
                     if systemd.watchdog_seconds
                     else None
                 )
-                await stop.wait()
-                log.info("stop requested: draining")
+                await wait_first(stop, daemon.halted)
+                log.info("stopping: draining")
                 systemd.stopping()
                 if watchdog is not None:
                     watchdog.cancel()
         finally:
             await daemon.stop()
+        if daemon.halted.is_set():
+            raise HubError(daemon.lost)
     finally:
         await store.close()
 
@@ -254,7 +271,13 @@ async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -
 
     database = directory / "ecomhub.db"
     async with Sandbox(
-        seed=seed, profile="calm", rate=rate, backlog=300, backlog_days=1.0, ship_delay=1.0
+        seed=seed,
+        profile="calm",
+        rate=rate,
+        backlog=300,
+        backlog_days=1.0,
+        ship_delay=1.0,
+        purchase_every=10.0,  # the ERP audits a new purchase order now and then
     ) as sb:
         port = free_port()
         config = directory / "ecomhub.toml"
@@ -315,6 +338,9 @@ async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -
                         }
                     counts = await demo_counts(store)
                     created = Counter(c.code for c in sb.qimen.creates)
+                    erp = (await collect_status(settings, store))["erp"]
+                    notices = Counter(e.code for e in sb.qimen.entry_creates)
+                    erp_docs = Counter((d.form, d.number) for d in sb.k3cloud.documents)
             finally:
                 await daemon.stop()
         finally:
@@ -326,6 +352,16 @@ async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -
         f"{len(created)} created in the WMS ({sum(created.values()) - len(created)} twice), "
         f"{counts['shipped']} shipped, {counts['confirmed']} waybills confirmed on the marketplaces"
     )
+    if erp:
+        forms = Counter(form for form, _ in erp_docs)
+        out.print(
+            f"ERP: {len(notices)} purchase orders sent to the WMS as inbound notices "
+            f"({sum(notices.values()) - len(notices)} twice), "
+            f"{erp['purchase_orders_received']} received in full; "
+            f"{forms['STK_InStock']} receipts and {forms['SAL_OUTSTOCK']} sales documents in "
+            f"K3Cloud ({sum(erp_docs.values()) - len(erp_docs)} twice), "
+            f"{erp['receipts_pending'] + erp['sales_outbounds_pending']} still on their way"
+        )
     if missing:
         raise HubError(f"{len(missing)} orders were not pulled: {sorted(missing)[:5]}")
     out.print("every order the marketplaces report is in the central store.")
@@ -333,16 +369,18 @@ async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -
 
 async def demo_counts(store: Store) -> dict[str, int]:
     async with store.transaction() as tx:
-        deliveries = [d async for s in tx.iter_orders() for d in s.delivery_orders]
-        ships = await tx.outbox_messages(kind="platform.ship")
-    shipped = sum(d["state"] == "shipped" for d in deliveries)
-    confirmed = sum(m.status.value == "done" for m in ships)
-    open_ = sum(d["state"] in ("pending", "created", "cancel_pending") for d in deliveries)
+        deliveries = await tx.delivery_counts()
+        ships = await tx.outbox_counts("platform.ship")
+    by_state: Counter[str] = Counter()
+    for (_, state), (_, n) in deliveries.items():
+        by_state[state] += n
+    confirmed = sum(n for (_, status), n in ships.items() if status == "done")
+    open_ = by_state["pending"] + by_state["created"] + by_state["cancel_pending"]
     return {
-        "deliveries": len(deliveries),
-        "shipped": shipped,
+        "deliveries": sum(by_state.values()),
+        "shipped": by_state["shipped"],
         "confirmed": confirmed,
-        "open": open_ + (shipped - confirmed),
+        "open": open_ + (by_state["shipped"] - confirmed),
     }
 
 
@@ -351,20 +389,28 @@ async def demo_table(settings: Settings, store: Store, sb: Any) -> Table:
     flow: dict[str, Counter[str]] = {}
     async with store.transaction() as tx:
         held = await tx.held_orders()
-        async for s in tx.iter_orders():
-            counter = flow.setdefault(s.order.shop, Counter())
-            for d in s.delivery_orders:
-                counter[f"do_{d['state']}"] += 1
-            counter["routed"] += bool(s.delivery_orders)
-        ships = await tx.outbox_messages(kind="platform.ship")
-    for m in ships:
-        flow.setdefault(m.target, Counter())["confirmed"] += m.status.value == "done"
+        deliveries = await tx.delivery_counts()
+        ships = await tx.outbox_counts("platform.ship")
+    for (shop, state), (orders, n) in deliveries.items():
+        counter = flow.setdefault(shop, Counter())
+        counter[f"do_{state}"] += n
+        counter["routed"] += orders  # an order split over warehouses counts per state
+    for (target, status), n in ships.items():
+        flow.setdefault(target, Counter())["confirmed"] += n if status == "done" else 0
     reasons: dict[str, Counter[str]] = {}
     for h in held:
         reasons.setdefault(h.shop, Counter())[h.reason] += 1
     table = Table(
         "shop", "marketplace", "hub", "held (why)", "routed", "in WMS", "shipped", "waybill back"
     )
+    erp = report.get("erp")
+    if erp:
+        table.caption = (
+            f"ERP: purchase orders → WMS {erp['purchase_orders_waiting_for_goods']} arriving, "
+            f"{erp['purchase_orders_received']} received; receipts in K3Cloud "
+            f"{erp['receipts_saved']} (+{erp['receipts_pending']} pending); sales documents "
+            f"{erp['sales_outbounds_saved']} (+{erp['sales_outbounds_pending']} pending)"
+        )
     for s in report["shops"]:
         code = s["code"]
         f = flow.get(code, Counter())
@@ -518,16 +564,66 @@ def sync_inventory(
     shop: Annotated[str | None, typer.Option(help="Only this shop code.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Push every listing.")] = False,
 ) -> None:
-    """One stock sync now."""
-    _state(ctx).settings()
-    not_built("`ecomhub sync inventory`", "issue #7, stock sync")
+    """One stock sync now: read every warehouse's stock, compute every listing's sellable stock,
+    push what changed (all with --full), then drain the outbox once."""
+    settings = _state(ctx).settings()
+    if shop is not None and shop not in {s.code for s in settings.shops}:
+        fail(f"no shop {shop!r} in the config (shops: {[s.code for s in settings.shops]})", code=2)
+    shops = [settings.shop(shop)] if shop is not None else None
+
+    async def work(store: Store) -> tuple[StockReading, StockSync, DrainStats, int]:
+        reading = await refresh_stock(settings, store)
+        return reading, *await stock_sync_once(settings, store, shops, full=full)
+
+    reading, result, sent, unsent = execute(ctx, with_store(settings, work))
+    for warehouse, skus in sorted(reading.warehouses.items()):
+        out.print(f"{warehouse}: stock of {skus} SKUs read")
+    for warehouse, problem in sorted(reading.failed.items()):
+        err.print(f"{warehouse}: stock reading failed: {problem}")
+    if result.skipped:
+        fail(f"stock sync skipped: {result.skipped}")
+    for s in result.shops:
+        out.print(
+            f"{s.shop}: {s.listings} listings ({s.unmapped} unmapped), "
+            f"{s.values} values to push in {s.messages} messages, {s.unchanged} unchanged"
+            + (" — listings refreshed" if s.refreshed else "")
+            + (f" — listing failed: {s.refresh_error}" if s.refresh_error else "")
+        )
+    out.print(
+        f"sent {sent.done}, retry later {sent.retried}, dead letters {sent.dead}"
+        + (" (see `ecomhub outbox dead`)" if sent.dead else "")
+    )
+    if unsent:
+        fail(
+            f"{unsent} stock messages did not reach their marketplace yet (retried later, or "
+            "dead letters: `ecomhub outbox dead`)"
+        )
+    if any(s.refresh_error for s in result.shops):
+        fail("a shop's listings could not be read; its stock went to the listings known")
 
 
 @sync_app.command("erp")
-def sync_erp(ctx: typer.Context) -> None:
-    """One purchase-order poll of the ERP now."""
-    _state(ctx).settings()
-    not_built("`ecomhub sync erp`", "issue #8, the ERP")
+def sync_erp(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None, typer.Option(help="Only orders approved at or after (ISO 8601 or CST).")
+    ] = None,
+) -> None:
+    """One purchase-order poll of the ERP now: new audited orders become WMS inbound notices."""
+    settings = _state(ctx).settings()
+    if settings.erp is None:
+        where = settings.config_path or "ecomhub.toml"
+        fail(f"the config has no \\[erp] section: there is no ERP to poll ({where})", code=2)
+    try:
+        start = parse_cli_time(since) if since else None
+    except ValueError as exc:
+        fail(str(exc), code=2)
+    poll = execute(ctx, with_store(settings, lambda store: poll_erp(store, settings, since=start)))
+    out.print(
+        f"{poll.open} audited open purchase orders in the ERP, {poll.new} new: their inbound "
+        f"notices go to {settings.inbound_warehouse} with `ecomhub push` (or the daemon)"
+        + (f"; {poll.problems} unusable (see `ecomhub status`)" if poll.problems else "")
+    )
 
 
 @app.command()
@@ -691,22 +787,79 @@ def reconcile_logistics(
     ctx: typer.Context,
     carrier: Annotated[str, typer.Option(help="Carrier code.")],
     bill: Annotated[Path, typer.Option(help="Bill file (CSV or XLSX).")],
-    format: Format = "table",
+    format: ReportFormat = "table",
 ) -> None:
-    """Check a courier's freight bill against shipments and the rate card."""
-    _state(ctx).settings()
-    not_built("`ecomhub reconcile logistics`", "issue #7, reconciliation")
+    """Check a courier's freight bill against shipments and the rate card (stored; importing
+    the same file again prints the stored report)."""
+    _report_format(format)
+    settings = _state(ctx).settings()
+
+    async def work(store: Store) -> reconcile.BillResult | Exception:
+        try:
+            return await reconcile.reconcile_bill(settings, store, carrier, bill)
+        except (reconcile.BillFileError, reconcile.UsageError) as exc:
+            return exc  # bad usage: exit 2 (execute() would make it 1)
+
+    result = execute(ctx, with_store(settings, work))
+    if isinstance(result, Exception):
+        fail(str(result), code=2)
+    if result.replayed:
+        err.print(f"{bill.name} was imported before: the stored report {result.report.id}")
+    print_report(result.report, format)
 
 
 @reconcile_app.command("inventory")
 def reconcile_inventory(
     ctx: typer.Context,
     warehouse: Annotated[str, typer.Option(help="Warehouse code.")],
-    format: Format = "table",
+    format: ReportFormat = "table",
 ) -> None:
-    """Check a WMS stock snapshot against the ledger."""
-    _state(ctx).settings()
-    not_built("`ecomhub reconcile inventory`", "issue #7, reconciliation")
+    """Check a WMS stock snapshot against the ledger (the report is stored)."""
+    _report_format(format)
+    settings = _state(ctx).settings()
+
+    async def work(store: Store) -> ReconciliationReport | Exception:
+        try:
+            return await reconcile.reconcile_inventory(settings, store, warehouse, wms_for)
+        except reconcile.UsageError as exc:
+            return exc
+
+    result = execute(ctx, with_store(settings, work))
+    if isinstance(result, Exception):
+        fail(str(result), code=2)
+    print_report(result, format)
+
+
+def _report_format(format: str) -> None:
+    if format not in ("json", "csv", "table"):
+        fail(f"--format must be json, csv or table, not {format!r}", code=2)
+
+
+def print_report(report: ReconciliationReport, format: str) -> None:
+    """A reconciliation report on stdout: JSON (DESIGN.md shape), CSV rows (totals on
+    stderr), or a table with the totals under it."""
+    document = reconcile.report_json(report)
+    if format == "json":
+        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+        return
+    key = "waybill" if report.kind.value == "logistics" else "sku"
+    columns = ["kind", key, "expected", "actual", "difference", "detail"]
+    totals = ", ".join(
+        f"{name} {value}" for name, value in document["totals"].items() if name != "by_kind"
+    )
+    if format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in document["rows"]:
+            writer.writerow(["" if row[c] is None else row[c] for c in columns])
+        err.print(f"report {report.id}: {totals}")
+        return
+    table = Table(*columns, title=f"{report.kind.value} report {report.id}: {report.subject}")
+    for row in document["rows"]:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+    out.print(table if document["rows"] else f"no differences ({report.kind.value})")
+    by_kind = ", ".join(f"{k} {n}" for k, n in document["totals"]["by_kind"].items() if n)
+    out.print(f"totals: {totals}" + (f"\nby kind: {by_kind}" if by_kind else ""))
 
 
 @app.command()
@@ -737,6 +890,33 @@ def status(ctx: typer.Context, format: Format = "table") -> None:
     for w in report["warehouses"]:
         warehouses.add_row(w["code"], str(w["outbox_pending"]), str(w["dead_letters"]))
     out.print(warehouses)
+    ledger = Table("stock ledger", "SKUs", "on hand", "as of")
+    for w in report["stock"]["ledger"]:
+        ledger.add_row(w["warehouse"], str(w["skus"]), str(w["on_hand"]), w["as_of"] or "-")
+    out.print(ledger if report["stock"]["ledger"] else "stock ledger: no warehouse read yet")
+    channels = Table("channel stock", "listings", "mapped", "pushed", "last push", "pending pushes")
+    for c in report["stock"]["channels"]:
+        channels.add_row(
+            c["shop"],
+            str(c["listings"]),
+            str(c["mapped"]),
+            str(c["pushed"]),
+            c["last_push"] or "never",
+            str(c["pending_pushes"]),
+        )
+    out.print(channels)
+    erp = report.get("erp")
+    if erp:
+        last = erp["last_poll"]
+        out.print(
+            f"ERP ({erp['kind']}): purchase orders waiting for the WMS "
+            f"{erp['purchase_orders_waiting_for_wms']}, waiting for goods "
+            f"{erp['purchase_orders_waiting_for_goods']}, received "
+            f"{erp['purchase_orders_received']}; receipts pending {erp['receipts_pending']}, "
+            f"sales documents pending {erp['sales_outbounds_pending']}; dead letters "
+            f"{erp['dead_letters']}; last poll "
+            + (f"{last['status']} at {last['started_at']}" if last else "never")
+        )
     out.print(f"held orders: {report['held_orders']}  database: {report['database']}")
 
 

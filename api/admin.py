@@ -1,5 +1,5 @@
 """The admin API under `/admin`: trigger pulls and backfills, list runs, dead letters and held
-orders, replay and release them, read the status.
+orders, replay and release them, read the status and the stored reconciliation reports.
 
 Every route needs `Authorization: Bearer <server.admin_token>` (compared in constant time); without
 a configured token the admin API is off and answers 401 to everything. Triggers never run sync work
@@ -19,8 +19,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from config import Settings
 from config.logging import Redactor
 from models.clock import parse_cli_time
+from models.domain import ReconciliationReport, ReportKind
 from models.store import Store
 from sync.control import HubControl
+from sync.reconcile import report_rows
 from sync.status import collect_status
 
 _bearer = HTTPBearer(
@@ -139,6 +141,34 @@ class Released(BaseModel):
     shop: str
     platform_order_id: str
     detail: str
+
+
+class ReportSummary(BaseModel):
+    id: int
+    kind: str
+    """`logistics` (a freight bill) or `inventory` (a WMS snapshot)."""
+    subject: str
+    """The carrier or the warehouse code."""
+    bill_id: int | None
+    created_at: datetime | None
+    row_count: int
+    totals: dict[str, Any]
+
+    @classmethod
+    def of(cls, report: ReconciliationReport) -> "ReportSummary":
+        return cls(
+            id=report.id or 0,
+            kind=report.kind.value,
+            subject=report.subject,
+            bill_id=report.bill_id,
+            created_at=report.created_at,
+            row_count=report.row_count,
+            totals=report.totals,
+        )
+
+
+class Report(ReportSummary):
+    rows: list[dict[str, str | None]]
 
 
 def admin_router(settings: Settings, store: Store, control: HubControl) -> APIRouter:
@@ -303,6 +333,29 @@ def admin_router(settings: Settings, store: Store, control: HubControl) -> APIRo
             )
         control.request_route()
         return Released(shop=shop, platform_order_id=order_id, detail="released; routing it now")
+
+    @router.get("/reconciliation/reports")
+    async def list_reconciliation_reports(
+        kind: Annotated[ReportKind | None, Query(description="logistics or inventory")] = None,
+        subject: Annotated[str | None, Query(description="carrier or warehouse code")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> list[ReportSummary]:
+        """Stored reconciliation reports, newest first, with their totals (rows: see one)."""
+        async with store.transaction() as tx:
+            reports = await tx.reports(kind, subject, limit)
+        return [ReportSummary.of(r) for r in reports]
+
+    @router.get("/reconciliation/reports/{report_id}")
+    async def get_reconciliation_report(report_id: int) -> Report:
+        """One report with every row (`kind`, `waybill` or `sku`, `expected`, `actual`,
+        `difference` as exact decimal strings, `detail`) and its totals."""
+        async with store.transaction() as tx:
+            report = await tx.report(report_id)
+        if report is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no reconciliation report {report_id}")
+        summary = ReportSummary.of(report)
+        rows = [{**row, "detail": clean(row["detail"])} for row in report_rows(report)]
+        return Report(**summary.model_dump(), rows=rows)
 
     @router.get("/status")
     async def hub_status() -> dict[str, Any]:

@@ -147,6 +147,17 @@ class ShopConfig(_Section):
         return min(self.max_window, self.defaults.max_window)
 
 
+class SenderConfig(_Section):
+    """The address a warehouse ships from (Qimen `senderInfo`; required by the spec)."""
+
+    name: str = Field(min_length=1)
+    mobile: str = Field(min_length=1)
+    province: str = Field(min_length=1)
+    city: str = Field(min_length=1)
+    area: str = ""
+    detail: str = Field(min_length=1)
+
+
 class WarehouseConfig(_Section):
     code: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     wms: Literal["qimen"] = "qimen"
@@ -163,6 +174,9 @@ class WarehouseConfig(_Section):
     timeout: Duration = timedelta(seconds=10)
     stock_number: str | None = None
     """ERP stock (warehouse) number of this warehouse's documents."""
+    sender: SenderConfig | None = None
+    """Where parcels ship from; without it creates name the warehouse code as sender and leave
+    the address to the WMS's own warehouse record (some WMSs reject that)."""
 
     @property
     def effective_owner_code(self) -> str:
@@ -212,13 +226,20 @@ class Kuaidi100Config(_Section):
 class ErpConfig(_Section):
     kind: Literal["k3cloud"] = "k3cloud"
     api_url: AnyHttpUrl
+    """The K3Cloud base, `https://<server>/k3cloud/`."""
     acct_id: str
+    """The data center (账套) id."""
     username: str
     app_id: str
     app_secret: SecretStr
     lcid: int = 2052
     org_number: str
+    """Number of the organisation that buys, sells and keeps stock in the hub's documents."""
     poll_interval: Duration = timedelta(minutes=5)
+    inbound_warehouse: str | None = None
+    """Warehouse code that receives purchase orders; default: the first `[[warehouses]]`."""
+    timeout: Duration = timedelta(seconds=30)
+    """Read timeout of one ERP call; a later answer to a save is ambiguous."""
 
 
 class DaemonConfig(_Section):
@@ -233,6 +254,13 @@ class DaemonConfig(_Section):
     """Routing also runs after every pull and hint; this is the safety net."""
     stock_interval: Duration = timedelta(minutes=5)
     """How often every warehouse's stock is read into the ledger."""
+    inventory_reconcile_interval: Duration = timedelta(hours=1)
+    """How often each warehouse's WMS snapshot is reconciled with the ledger (a stored report;
+    the first one runs one interval after start, once the ledger has been read)."""
+    stock_sync_interval: Duration = timedelta(minutes=1)
+    """How often channel stock is computed and changed values pushed (also after each reading)."""
+    listing_refresh_interval: Duration = timedelta(hours=1)
+    """How often each shop's listings are read again from the platform (`--full` always does)."""
     tmc_interval: Duration = timedelta(seconds=5)
     """How often TOP shops' TMC messages are consumed (each one a hint)."""
     dispatch_idle: Duration = timedelta(seconds=1)
@@ -296,6 +324,38 @@ class Settings(BaseSettings):
                     f"one of the [[carriers]] codes {sorted(carriers)}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _erp_numbers(self) -> "Settings":
+        """With `[erp]`, every document the hub writes needs its ERP numbers."""
+        if self.erp is None:
+            return self
+        for index, shop in enumerate(self.shops):
+            if not shop.customer_number:
+                raise ValueError(
+                    f"shops[{index}].customer_number: required with [erp] (the ERP customer "
+                    f"number of shop {shop.code!r}'s sales documents)"
+                )
+        for index, warehouse in enumerate(self.warehouses):
+            if not warehouse.stock_number:
+                raise ValueError(
+                    f"warehouses[{index}].stock_number: required with [erp] (the ERP stock "
+                    f"number of warehouse {warehouse.code!r})"
+                )
+        codes = [w.code for w in self.warehouses]
+        inbound = self.erp.inbound_warehouse
+        if inbound is not None and inbound not in codes:
+            raise ValueError(
+                f"erp.inbound_warehouse: {inbound!r} is not one of the [[warehouses]] codes {codes}"
+            )
+        return self
+
+    @property
+    def inbound_warehouse(self) -> str | None:
+        """Where purchase orders are received: `erp.inbound_warehouse`, else the first warehouse."""
+        if self.erp is not None and self.erp.inbound_warehouse:
+            return self.erp.inbound_warehouse
+        return self.warehouses[0].code if self.warehouses else None
 
     @classmethod
     def settings_customise_sources(

@@ -307,6 +307,47 @@ class Wms(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class InboundOrderLine:
+    line_no: str
+    """The source document's line id (a purchase order's entry id): the `orderLineNo` the WMS
+    echoes in its `entryorder.confirm`."""
+    sku: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class InboundOrderRequest:
+    """An inbound (purchase receipt) notice: goods the warehouse should expect."""
+
+    code: str
+    """The hub's code for it (a purchase order's number): the idempotency key."""
+    supplier: str
+    created: datetime
+    lines: tuple[InboundOrderLine, ...]
+    order_type: str = "CGRK"
+    """Qimen `orderType`: CGRK = purchase inbound."""
+    remark: str = ""
+
+
+@runtime_checkable
+class InboundWms(Protocol):
+    """A WMS that takes inbound notices (`entryorder.create`) and answers `entryorder.confirm`
+    callbacks (`InboundConfirm`). Like delivery-order creates, inbound creates are NOT
+    deduplicated by the WMS: the caller asks `query_entry_order` before sending one that may have
+    arrived before. `isinstance(wms, InboundWms)` tells the hub whether a WMS has this."""
+
+    async def create_entry_order(self, request: InboundOrderRequest) -> str:
+        """Send the create; returns the WMS's entry-order id. `AmbiguousError` when it may have
+        arrived (timeout, dropped connection, 5xx, a late answer)."""
+        ...
+
+    async def query_entry_order(self, code: str) -> WmsOrderStatus:
+        """What the WMS knows of an inbound order (`ORDER_NOT_EXIST` → NOT_FOUND; received or
+        not, anything it knows is OPEN or, once cancelled, CANCELLED)."""
+        ...
+
+
 class WmsCallbacks(Protocol):
     """Verifies and reads what a WMS calls back with, and renders the answers it expects."""
 
@@ -386,3 +427,131 @@ class TrackingCallbacks(Protocol):
         ...
 
     def failure(self, message: str) -> tuple[str, str]: ...
+
+
+# --- ERP ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PurchaseOrderLine:
+    entry_id: str
+    """The ERP's id of the purchase order line (K3Cloud `FPOOrderEntry_FEntryId`)."""
+    sku: str
+    """Material number = master SKU."""
+    qty: int
+    unit: str = ""
+    received: int = 0
+    """What the ERP shows received against this line so far."""
+
+
+@dataclass(frozen=True)
+class PurchaseOrder:
+    """An audited, open purchase order as the ERP reports it."""
+
+    number: str
+    """The ERP's bill number (`FBillNo`): the inbound notice's code."""
+    erp_id: str
+    """The ERP's internal id (`FID`), which receipt lines link to."""
+    supplier: str
+    purchase_org: str
+    lines: tuple[PurchaseOrderLine, ...]
+    approved_at: datetime | None = None
+    problem: str = ""
+    """Why the hub cannot use this order (e.g. a fractional quantity); empty when it can."""
+
+
+@dataclass(frozen=True)
+class ReceiptLine:
+    entry_id: str
+    """The purchase-order line this quantity is received against."""
+    sku: str
+    qty: int
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class PurchaseReceipt:
+    """A purchase receipt (K3Cloud `STK_InStock`) linked to its purchase order's lines, so the ERP
+    writes the received quantity back to the order."""
+
+    number: str
+    purchase_order: str
+    purchase_order_id: str
+    supplier: str
+    stock: str
+    """The ERP stock number of the receiving warehouse."""
+    received_at: datetime
+    lines: tuple[ReceiptLine, ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SalesOutboundLine:
+    sku: str
+    qty: int
+    price: Decimal
+    """Unit price paid, tax included."""
+
+
+@dataclass(frozen=True)
+class SalesOutbound:
+    """A sales outbound document (K3Cloud `SAL_OUTSTOCK`): what one delivery order shipped."""
+
+    number: str
+    """The delivery-order code (the document's `FBillNo`)."""
+    customer: str
+    stock: str
+    shipped_at: datetime
+    lines: tuple[SalesOutboundLine, ...]
+    note: str = ""
+    """The marketplace order id."""
+
+
+class ErpDocumentKind(StrEnum):
+    RECEIPT = "receipt"
+    SALES_OUTBOUND = "sales_outbound"
+
+
+@dataclass(frozen=True)
+class ErpDocument:
+    """A document the ERP holds: its number, its internal id and its status (K3Cloud
+    `FDocumentStatus`: Z draft, A created, B reviewing, C audited, D re-audit)."""
+
+    number: str
+    erp_id: str
+    status: str = ""
+
+
+class Erp(Protocol):
+    """An ERP: purchase orders in; purchase receipts and sales outbound documents out.
+
+    Saves are NOT deduplicated by the ERP: after an ambiguous failure the caller asks
+    `find_document` before saving the same number again. Every method raises only the
+    `connectors.errors` tree; `AuthError` when the ERP refuses the credentials (after one fresh
+    login), `RejectedError` (with the ERP's messages) for a document it will not take."""
+
+    kind: str
+
+    async def open_purchase_order_numbers(self, since: datetime | None = None) -> list[str]:
+        """The bill numbers of every audited purchase order that is not closed (approved at or
+        after `since`), oldest number first."""
+        ...
+
+    async def purchase_orders(self, numbers: Sequence[str]) -> list[PurchaseOrder]:
+        """These purchase orders with their lines (numbers the ERP does not know are left out;
+        one it holds but the hub cannot use comes back with a `problem`)."""
+        ...
+
+    async def save_receipt(self, receipt: PurchaseReceipt) -> ErpDocument:
+        """Save, submit and audit a purchase receipt in one call."""
+        ...
+
+    async def save_sales_outbound(self, document: SalesOutbound) -> ErpDocument:
+        """Save, submit and audit a sales outbound document in one call."""
+        ...
+
+    async def find_document(self, kind: ErpDocumentKind, number: str) -> ErpDocument | None:
+        """The document of this kind and bill number, or None when the ERP has none."""
+        ...
+
+    async def aclose(self) -> None: ...

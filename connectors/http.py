@@ -274,12 +274,14 @@ class HttpTransport:
         params: Mapping[str, str] | None = None,
         idempotent: bool,
         parse: Callable[[httpx.Response, Call], T],
+        url: str | None = None,
     ) -> T:
         """POST a raw `content` body of `content_type` with `params` in the query string, and
         return `parse(response)`, retrying per the policy (`post_form` is this with a form).
 
-        The auth sees the whole request (query and body) on every attempt, so a signer that
-        rewrites the query (Qimen) signs each retry afresh."""
+        `url` replaces the transport's URL for this call (a service with one URL per operation,
+        K3Cloud). The auth sees the whole request (query and body) on every attempt, so a signer
+        that rewrites the query (Qimen) signs each retry afresh."""
         call = self.call(method, idempotent=idempotent)
         retrying = AsyncRetrying(
             retry=retry_if_exception(self._should_retry),
@@ -289,7 +291,9 @@ class HttpTransport:
             before_sleep=lambda state: self._log_retry(call, state),
             reraise=True,
         )
-        return await retrying(self._attempt, call, dict(params or {}), content, content_type, parse)
+        return await retrying(
+            self._attempt, call, dict(params or {}), content, content_type, parse, url or self.url
+        )
 
     async def _attempt(
         self,
@@ -298,10 +302,11 @@ class HttpTransport:
         content: bytes,
         content_type: str,
         parse: Callable[[httpx.Response, Call], T],
+        url: str,
     ) -> T:
         try:
             response = await self._client.post(
-                self.url,
+                url,
                 params=params or None,
                 content=content,
                 headers={"Content-Type": content_type},

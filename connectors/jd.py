@@ -41,8 +41,8 @@ Choices:
   SKU search used by public JOS integrations; `page.data[]` with `skuId`, `wareId`, `outerId`,
   `stockNum`; `page.totalItem`) lists every SKU of the shop with its merchant code in one paged
   call, which is exactly the shape stock sync needs (`updateSkuStock` is keyed by `skuId`).
-  Parameters: `skuStatuValue="1,2"` (on and off the shelf), `field`, `pageNo`, `page_size=100`.
-  It is not in the simulator yet (which answers unknown methods with an error).
+  Parameters: `skuStatuValue="1,2"` (on and off the shelf), `field`, `pageNo`, `page_size=50`
+  (its maximum). The simulator serves it (sandbox/README.md).
 """
 
 import json
@@ -289,6 +289,8 @@ class JdMarketplace:
     order_fields: ClassVar[str] = ORDER_FIELDS
     sku_fields: ClassVar[str] = "skuId,wareId,outerId,stockNum,skuName,status"
     sku_statuses: ClassVar[str] = "1,2"
+    sku_page_size: ClassVar[int] = 50
+    """`searchSkuList` serves at most 50 SKUs a page (a public JOS SDK's docstring)."""
     max_window: ClassVar[timedelta] = timedelta(days=1)
     find_windows: ClassVar[int] = 7
     find_pages: ClassVar[int] = 20
@@ -457,7 +459,7 @@ class JdMarketplace:
 
     async def listings(self) -> Sequence[Listing]:
         found: list[Listing] = []
-        pages = NumberedPages(self.page_size)
+        pages = NumberedPages(self.sku_page_size)
         while True:
             body = await self.client.call(
                 self.sku_method,
@@ -465,7 +467,7 @@ class JdMarketplace:
                     "skuStatuValue": self.sku_statuses,
                     "field": self.sku_fields,
                     "pageNo": pages.page,
-                    "page_size": self.page_size,
+                    "page_size": self.sku_page_size,
                 },
                 idempotent=True,
             )

@@ -25,6 +25,11 @@ Wire contract (`specs/platforms.md` §4, `specs/decisions.md` "Qimen WMS"):
 | `inventory`              | `taobao.qimen.inventory.query`        | `criteriaList/criteria{warehouseCode,    |
 |                          |                                       | ownerCode, itemCode, inventoryType=ZP}`, |
 |                          |                                       | ≤ 100 per call → `items/item[]`          |
+| `create_entry_order`     | `taobao.qimen.entryorder.create`      | `entryOrder{entryOrderCode, ownerCode,   |
+|                          |                                       | warehouseCode, orderType=CGRK, …}` +     |
+|                          |                                       | `orderLines` → `entryOrderId`            |
+| `query_entry_order`      | `taobao.qimen.entryorder.query`       | `ownerCode, warehouseCode,               |
+|                          |                                       | entryOrderCode` → `entryOrder{…,status}` |
 
 Outcomes (what the caller gets; the transport retries only plain `TransientError`):
 
@@ -48,8 +53,11 @@ answer — cancel is idempotent in effect) is settled by `deliveryorder.query`: 
 ALREADY_SHIPPED; CANCELLED or NOT_FOUND → CANCELLED; OPEN → `TransientError` (try later).
 
 Status map (`deliveryOrder.status` → `WmsOrderState`): DELIVERED, PARTDELIVERED → SHIPPED;
-CANCELED, CLOSED → CANCELLED; NEW, ACCEPT, EXCEPTION, REJECT, CANCELEDFAIL and anything else the
+CANCELED, CLOSED, REJECT → CANCELLED; NEW, ACCEPT, EXCEPTION, CANCELEDFAIL and anything else the
 WMS knows → OPEN; `ORDER_NOT_EXIST`, or success without a `deliveryOrder` → NOT_FOUND.
+Inbound orders: `create_entry_order` and `query_entry_order` have the outcomes of the delivery
+order's create and query; an entry order that is CANCELED or CLOSED is CANCELLED, any other status
+(NEW, ACCEPT, PARTFULFILLED, FULFILLED …) is OPEN: the WMS has it.
 
 Callbacks (`QimenCallbacks`; method names with or without the `taobao.qimen.` prefix):
 `deliveryorder.confirm` → `ShipmentConfirm`, `stockchange.report` → `tuple[StockChange, …]`,
@@ -64,9 +72,9 @@ Deliberate choices:
   success without `deliveryOrderId` returns "" rather than failing for the same reason.
 - `warehouseCode` is the hub's warehouse code from the config, also the code the WMS sends back.
   A callback naming another warehouse than the one whose secret signed it is `BadPayload`.
-- `senderInfo` (required by §4.2) carries only the warehouse code as `name` and `detailAddress`:
-  the config has no sender address, and the receiver's fields must not leak into it; a WMS
-  fills the sender from its own warehouse record. Provinces go out in the hub's short form.
+- `senderInfo` (required by §4.2) is the warehouse's `[warehouses.sender]`; without one it
+  carries only the warehouse code as `name` and `detailAddress` (the receiver's fields must not
+  leak into it), and the WMS fills the sender from its own warehouse record. Provinces go out in the hub's short form.
 - `totalAmount` is what the buyer paid (`payment`, freight included), `itemAmount` the goods
   total and `freight` the postage; `actualPrice` is the line's unit price.
 - `inventory` returns physical on-hand sound stock: `quantity` (unfrozen) + `lockQuantity`
@@ -99,6 +107,7 @@ from connectors.base import (
     DeliveryOrderRequest,
     InboundConfirm,
     InboundLine,
+    InboundOrderRequest,
     ShipmentConfirm,
     StockChange,
     WmsOrderState,
@@ -131,7 +140,9 @@ ORDER_NOT_EXIST = "ORDER_NOT_EXIST"
 
 SOURCE_PLATFORMS: dict[str, str] = {"tmall": "TB", "jd": "JD"}
 SHIPPED_STATUSES = frozenset({"DELIVERED", "PARTDELIVERED"})
-CANCELLED_STATUSES = frozenset({"CANCELED", "CLOSED"})
+# REJECT: the WMS refused the order and will never ship it, which for a cancel is as good as
+# cancelled. CANCELEDFAIL (its own cancel failed) stays open: it may still ship.
+CANCELLED_STATUSES = frozenset({"CANCELED", "CLOSED", "REJECT"})
 AUTH_CODES = frozenset({"sign-check-failure", "invalid-app-key"})
 
 T = TypeVar("T")
@@ -340,6 +351,20 @@ def error_table(retry_codes: Iterable[str]) -> ErrorTable:
     )
 
 
+def _sender(warehouse: WarehouseConfig) -> XmlFields:
+    sender = warehouse.sender
+    if sender is None:
+        return [("name", warehouse.code), ("detailAddress", warehouse.code)]
+    return [
+        ("name", sender.name),
+        ("mobile", sender.mobile),
+        ("province", sender.province),
+        ("city", sender.city),
+        ("area", _opt(sender.area)),
+        ("detailAddress", sender.detail),
+    ]
+
+
 def state_of(status: str) -> WmsOrderState:
     if status in SHIPPED_STATUSES:
         return WmsOrderState.SHIPPED
@@ -393,7 +418,7 @@ def delivery_order_xml(
         ("itemAmount", _money(request.total)),
         ("freight", _money(request.post_fee)),
         ("logisticsCode", request.carrier or warehouse.default_carrier),
-        ("senderInfo", [("name", warehouse.code), ("detailAddress", warehouse.code)]),
+        ("senderInfo", _sender(warehouse)),
         (
             "receiverInfo",
             [
@@ -430,6 +455,37 @@ def delivery_order_xml(
     return build_xml("request", [("deliveryOrder", head), ("orderLines", lines)])
 
 
+def entry_order_xml(
+    request: InboundOrderRequest, warehouse: WarehouseConfig, operate_time: datetime
+) -> ET.Element:
+    """The `entryorder.create` body: a purchase inbound notice, one line per source line."""
+    head: XmlFields = [
+        ("entryOrderCode", request.code),
+        ("ownerCode", warehouse.effective_owner_code),
+        ("purchaseOrderCode", request.code),
+        ("warehouseCode", warehouse.code),
+        ("orderCreateTime", cst_text(request.created)),
+        ("orderType", request.order_type),
+        ("supplierCode", _opt(request.supplier)),
+        ("operateTime", cst_text(operate_time)),
+        ("remark", _opt(request.remark)),
+    ]
+    lines: XmlFields = [
+        (
+            "orderLine",
+            [
+                ("orderLineNo", line.line_no),
+                ("ownerCode", warehouse.effective_owner_code),
+                ("itemCode", line.sku),
+                ("inventoryType", SOUND),
+                ("planQty", str(line.qty)),
+            ],
+        )
+        for line in request.lines
+    ]
+    return build_xml("request", [("entryOrder", head), ("orderLines", lines)])
+
+
 # --- the connector ------------------------------------------------------------------------
 
 
@@ -441,6 +497,8 @@ class QimenWms:
     query_method: ClassVar[str] = "taobao.qimen.deliveryorder.query"
     cancel_method: ClassVar[str] = "taobao.qimen.order.cancel"
     inventory_method: ClassVar[str] = "taobao.qimen.inventory.query"
+    entry_create_method: ClassVar[str] = "taobao.qimen.entryorder.create"
+    entry_query_method: ClassVar[str] = "taobao.qimen.entryorder.query"
     inventory_batch: ClassVar[int] = 100
     rate_limit_wait_cap: ClassVar[float] = 60.0
     connect_timeout: ClassVar[float] = 5.0
@@ -581,6 +639,45 @@ class QimenWms:
             f"{status.raw_status or status.state.value}",
             code=failed.code,
         ) from failed
+
+    # --- inbound (entry) orders ---------------------------------------------------------------
+
+    async def create_entry_order(self, request: InboundOrderRequest) -> str:
+        body = entry_order_xml(request, self.config, self._clock.now())
+
+        def order_id(answer: Answer, call: Call) -> str:
+            return _text(answer.root, "entryOrderId")
+
+        return await self._call(self.entry_create_method, body, idempotent=False, read=order_id)
+
+    async def query_entry_order(self, code: str) -> WmsOrderStatus:
+        body = build_xml(
+            "request",
+            [
+                ("ownerCode", self.owner_code),
+                ("warehouseCode", self.warehouse),
+                ("entryOrderCode", code),
+            ],
+        )
+
+        def status(answer: Answer, call: Call) -> WmsOrderStatus:
+            head = answer.root.find("entryOrder")
+            if not answer.success or head is None or not len(head):
+                return WmsOrderStatus(WmsOrderState.NOT_FOUND)
+            found = _text(head, "entryOrderCode")
+            if found and found != code:
+                raise ValueError(f"asked for {code}, answered {found}")
+            raw = _text(head, "status").upper()
+            state = WmsOrderState.CANCELLED if raw in CANCELLED_STATUSES else WmsOrderState.OPEN
+            return WmsOrderStatus(state, wms_order_id=_text(head, "entryOrderId"), raw_status=raw)
+
+        return await self._call(
+            self.entry_query_method,
+            body,
+            idempotent=True,
+            read=status,
+            tolerate=frozenset({ORDER_NOT_EXIST}),
+        )
 
     # --- stock ------------------------------------------------------------------------------
 

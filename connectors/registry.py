@@ -2,17 +2,19 @@
 
 `MARKETPLACES` is keyed by `ShopConfig.platform`, `WMSES` and `WMS_CALLBACKS` by
 `WarehouseConfig.wms`; a new marketplace or WMS is one module and one entry. Courier tracking has
-one service (Kuaidi100, `[kuaidi100]`): `tracker_for` / `tracking_callbacks_for`.
+one service (Kuaidi100, `[kuaidi100]`): `tracker_for` / `tracking_callbacks_for`. `ERPS` is keyed by
+`ErpConfig.kind` (`[erp]`): `erp_for`.
 """
 
 from typing import Protocol, TypeVar
 
 import httpx
 
-from config.settings import Kuaidi100Config, Settings, ShopConfig, WarehouseConfig
-from connectors.base import Marketplace, Tracker, TrackingCallbacks, Wms, WmsCallbacks
+from config.settings import ErpConfig, Kuaidi100Config, Settings, ShopConfig, WarehouseConfig
+from connectors.base import Erp, Marketplace, Tracker, TrackingCallbacks, Wms, WmsCallbacks
 from connectors.http import RetryPolicy
 from connectors.jd import JdMarketplace
+from connectors.k3cloud import K3CloudErp
 from connectors.kuaidi100 import Kuaidi100Callbacks, Kuaidi100Tracker
 from connectors.qimen import QimenCallbacks, QimenWms
 from connectors.tmall import TmallMarketplace
@@ -133,3 +135,36 @@ def tracker_for(
 def tracking_callbacks_for(settings: Settings) -> TrackingCallbacks:
     """Verifies, reads and answers the tracking service's pushes."""
     return Kuaidi100Callbacks(_kuaidi100(settings))
+
+
+class ErpFactory(Protocol):
+    def __call__(
+        self,
+        config: ErpConfig,
+        *,
+        clock: Clock | None = None,
+        policy: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Erp: ...
+
+
+ERPS: dict[str, ErpFactory] = {
+    "k3cloud": K3CloudErp,
+}
+
+
+def erp_for(
+    config: ErpConfig,
+    *,
+    clock: Clock | None = None,
+    policy: RetryPolicy | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Erp:
+    """The ERP client of `[erp]` (close it with `aclose()`)."""
+    try:
+        factory = ERPS[config.kind]
+    except KeyError:
+        raise ValueError(
+            f"erp.kind: no connector for {config.kind!r} (known: {', '.join(sorted(ERPS))})"
+        ) from None
+    return factory(config, clock=clock or SystemClock(), policy=policy, transport=transport)

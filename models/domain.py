@@ -324,6 +324,28 @@ class ReconciliationRow(_Frozen):
     detail: str = ""
 
 
+class ReportKind(StrEnum):
+    LOGISTICS = "logistics"
+    """A courier's freight bill checked against shipments and the rate card; subject: carrier."""
+    INVENTORY = "inventory"
+    """A WMS stock snapshot checked against the ledger; subject: warehouse."""
+
+
+class ReconciliationReport(_Frozen):
+    """One stored reconciliation: its discrepancy rows and its totals (JSON-ready: counts are
+    ints, amounts and weights decimal strings)."""
+
+    id: int | None = None
+    kind: ReportKind
+    subject: str
+    bill_id: int | None = None
+    totals: dict[str, Any] = Field(default_factory=dict)
+    rows: tuple[ReconciliationRow, ...] = ()
+    row_count: int = 0
+    """Rows of the report (also when `rows` was not loaded, as in a listing)."""
+    created_at: UtcDatetime | None = None
+
+
 class OutboxStatus(StrEnum):
     PENDING = "pending"
     DONE = "done"

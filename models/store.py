@@ -11,18 +11,22 @@ Each `Store` convenience method opens its own short transaction. Hot paths (orde
 reads) use multi-row statements; nothing here issues one round trip per row in a loop.
 """
 
+import asyncio
+import functools
 import hashlib
+import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
     Row,
     Table,
+    Text,
     and_,
     bindparam,
     case,
@@ -32,6 +36,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -54,7 +59,11 @@ from models.domain import (
     OutboxMessage,
     OutboxStatus,
     Package,
+    ReconciliationKind,
+    ReconciliationReport,
+    ReconciliationRow,
     RefundState,
+    ReportKind,
     ReviewState,
     RunStatus,
     Shipment,
@@ -136,6 +145,37 @@ class ShopSummary:
 
 
 @dataclass(frozen=True)
+class StoredListing:
+    """One channel listing as the hub knows it (`listings`): keyed by (shop, item, sku id)."""
+
+    shop: str
+    item_id: str
+    sku_id: str
+    merchant_code: str
+    sku: str | None
+    source: str
+    platform_quantity: int | None
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class ListingSummary:
+    shop: str
+    listings: int
+    mapped: int
+    pushed: int
+    last_push: datetime | None
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    warehouse: str
+    skus: int
+    on_hand: int
+    as_of: datetime | None
+
+
+@dataclass(frozen=True)
 class OutboxDepth:
     target: str
     kind: str
@@ -180,6 +220,73 @@ class TrackingMove(StrEnum):
     """In transit, or already at a final state (a repeated push)."""
     UNKNOWN = "unknown"
     """No shipment has this waybill."""
+
+
+class Parcel(NamedTuple):
+    """One waybill of a stored shipment, as a freight bill sees it."""
+
+    waybill: str
+    carrier: str
+    weight_kg: Decimal | None
+    """The WMS's weight of this package (the shipment's when it has one package)."""
+    province: str
+    """The order's receiver province (short form), "" when unknown."""
+    shipped_at: datetime | None
+    """Only where asked for (`unbilled_parcels`)."""
+    delivery_order_code: str
+    main: bool
+    """The shipment's first waybill (the one indexed and sent to the marketplace)."""
+
+
+class BillLineRow(NamedTuple):
+    """One readable freight-bill line as stored (weights in grams, money in fen)."""
+
+    line_no: int
+    waybill: str
+    ship_date: str
+    origin_province: str
+    dest_province: str
+    weight_g: int
+    amount_fen: int
+
+
+@functools.lru_cache(maxsize=8192)
+def _kg(grams: int | None) -> Decimal | None:
+    """`from_grams`, remembered: a million parcels share a few thousand weights."""
+    return from_grams(grams)
+
+
+def _parcels(row: Row[Any], with_time: bool = False) -> list[Parcel]:
+    """The parcels of one `_parcel_query` row (unpacked by position: a bill has a million)."""
+    _, waybill, carrier, weight_g, raw, code, province, *rest = tuple(row)
+    shipped_at = rest[0] if with_time else None
+    province = province or ""
+    if isinstance(raw, str):  # SQLite hands the JSON text over: decode only multi-parcel ones
+        packages = json.loads(raw) if raw.count('"waybill"') > 1 else []
+    else:
+        packages = raw or []
+    if len(packages) < 2:  # one parcel: its weight is the shipment's
+        return [Parcel(waybill, carrier, _kg(weight_g), province, shipped_at, code, True)]
+    return [
+        Parcel(
+            package["waybill"],
+            package.get("carrier") or carrier,
+            None if package.get("weight_kg") is None else Decimal(str(package["weight_kg"])),
+            province,
+            shipped_at,
+            code,
+            package["waybill"] == waybill,
+        )
+        for package in packages
+    ]
+
+
+def _decimal_text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
 
 
 @dataclass(frozen=True)
@@ -359,6 +466,89 @@ class WebhookDelivery:
     payload: str
     status: str
     received_at: datetime
+
+
+class PurchaseState(StrEnum):
+    """A purchase order's life at the hub (`erp_purchase_orders.state`)."""
+
+    PENDING = "pending"
+    """Seen in the ERP; its inbound notice is in the outbox."""
+    NOTIFIED = "notified"
+    """The WMS has the inbound notice."""
+    RECEIVING = "receiving"
+    """Part of it arrived (an intermediate confirm)."""
+    RECEIVED = "received"
+    """The WMS's final confirm arrived."""
+
+
+class DocumentState(StrEnum):
+    """An ERP document the hub writes (receipt, sales outbound)."""
+
+    PENDING = "pending"
+    """Recorded; its save is in the outbox."""
+    SAVED = "saved"
+    """The ERP has it (saved and audited)."""
+
+
+@dataclass(frozen=True)
+class ErpPurchaseLine:
+    entry_id: str
+    sku: str
+    unit: str
+    qty: int
+    received: int = 0
+
+
+@dataclass(frozen=True)
+class ErpPurchaseOrder:
+    number: str
+    erp_id: str
+    warehouse: str
+    supplier: str
+    purchase_org: str
+    lines: tuple[ErpPurchaseLine, ...]
+    state: PurchaseState = PurchaseState.PENDING
+    wms_order_id: str = ""
+    approved_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ErpReceipt:
+    """One WMS receipt (`entryorder.confirm`) of a purchase order, as the ERP document to save."""
+
+    number: str
+    purchase_order: str
+    warehouse: str
+    out_biz_code: str
+    final: bool
+    lines: tuple[tuple[str, str, int, str], ...]
+    """(purchase-order entry id, SKU, quantity, unit)."""
+    received_at: datetime
+    state: DocumentState = DocumentState.PENDING
+    erp_id: str = ""
+
+
+@dataclass(frozen=True)
+class ErpSalesOutbound:
+    """One shipped delivery order, as the ERP sales outbound document to save."""
+
+    number: str
+    shop: str
+    platform_order_id: str
+    warehouse: str
+    lines: tuple[tuple[str, int, int], ...]
+    """(SKU, quantity shipped, unit price in fen)."""
+    shipped_at: datetime
+    state: DocumentState = DocumentState.PENDING
+    erp_id: str = ""
+
+
+@dataclass(frozen=True)
+class ErpSummary:
+    purchase_orders: dict[str, int]
+    """Count per `PurchaseState` value."""
+    receipts: dict[str, int]
+    sales_outbounds: dict[str, int]
 
 
 class Tx:
@@ -1374,6 +1564,26 @@ class Tx:
             for r in rows
         ]
 
+    async def delivery_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(shop, delivery state) → (orders, delivery orders), for live views."""
+        d = t.delivery_orders
+        rows = await self.connection.execute(
+            select(d.c.shop, d.c.state, func.count(d.c.order_id.distinct()), func.count()).group_by(
+                d.c.shop, d.c.state
+            )
+        )
+        return {(shop, state): (int(orders), int(n)) for shop, state, orders, n in rows}
+
+    async def outbox_counts(self, kind: str) -> dict[tuple[str, str], int]:
+        """(target, status) → messages of one kind, for live views."""
+        o = t.outbox
+        rows = await self.connection.execute(
+            select(o.c.target, o.c.status, func.count())
+            .where(o.c.kind == kind)
+            .group_by(o.c.target, o.c.status)
+        )
+        return {(target, status): int(n) for target, status, n in rows}
+
     async def outbox_by_key(self, idempotency_key: str) -> OutboxMessage | None:
         row = (
             await self.connection.execute(
@@ -1519,6 +1729,256 @@ class Tx:
         """Warehouses whose stock the hub has read at least once."""
         rows = await self.connection.execute(select(t.stock_ledger.c.warehouse).distinct())
         return {r.warehouse for r in rows}
+
+    # --- channel listings and the stock pushed to them ---------------------------------------
+
+    async def upsert_listings(
+        self, listings: Sequence[StoredListing], *, keep_existing: bool = False
+    ) -> None:
+        """Insert or refresh listings. `keep_existing` (listings learnt from orders) never
+        overwrites what the platform's own listing said."""
+        values = [
+            {
+                "shop": li.shop,
+                "item_id": li.item_id,
+                "sku_id": li.sku_id,
+                "merchant_code": li.merchant_code,
+                "sku": li.sku,
+                "source": li.source,
+                "platform_quantity": li.platform_quantity,
+                "last_seen": li.last_seen,
+            }
+            for li in listings
+        ]
+        keys = [t.listings.c.shop, t.listings.c.item_id, t.listings.c.sku_id]
+        for chunk in _chunks(values):
+            statement = self._upsert(t.listings).values(list(chunk))
+            if keep_existing:
+                await self.connection.execute(statement.on_conflict_do_nothing(index_elements=keys))
+                continue
+            await self.connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=keys,
+                    set_={
+                        name: statement.excluded[name]
+                        for name in (
+                            "merchant_code",
+                            "sku",
+                            "source",
+                            "platform_quantity",
+                            "last_seen",
+                        )
+                    },
+                )
+            )
+
+    async def order_listings(
+        self, shop: str, since: datetime | None = None
+    ) -> list[tuple[str, str, str]]:
+        """(item id, sku id, merchant code) of every distinct line in the shop's orders stored or
+        changed since `since` (all of them without it)."""
+        query = (
+            select(
+                t.order_lines.c.platform_item_id,
+                t.order_lines.c.platform_sku_id,
+                t.order_lines.c.merchant_code,
+            )
+            .join(t.orders, t.orders.c.id == t.order_lines.c.order_id)
+            .where(t.orders.c.shop == shop, t.order_lines.c.platform_item_id != "")
+            .distinct()
+        )
+        if since is not None:
+            query = query.where(t.orders.c.updated_at >= since)
+        return [(r[0], r[1], r[2]) for r in await self.connection.execute(query)]
+
+    async def listings(self, shop: str | None = None) -> list[StoredListing]:
+        query = select(t.listings).order_by(
+            t.listings.c.shop, t.listings.c.item_id, t.listings.c.sku_id
+        )
+        if shop is not None:
+            query = query.where(t.listings.c.shop == shop)
+        return [
+            StoredListing(
+                shop=r.shop,
+                item_id=r.item_id,
+                sku_id=r.sku_id,
+                merchant_code=r.merchant_code,
+                sku=r.sku,
+                source=r.source,
+                platform_quantity=r.platform_quantity,
+                last_seen=r.last_seen,
+            )
+            for r in await self.connection.execute(query)
+        ]
+
+    async def listing_keys(self, shop: str) -> list[tuple[str, str, str, str | None]]:
+        """(item id, sku id, merchant code, master SKU) of every listing of the shop: the lean
+        read a stock sync makes every minute."""
+        rows = await self.connection.execute(
+            select(
+                t.listings.c.item_id,
+                t.listings.c.sku_id,
+                t.listings.c.merchant_code,
+                t.listings.c.sku,
+            ).where(t.listings.c.shop == shop)
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def set_listing_skus(self, shop: str, skus: Mapping[tuple[str, str], str | None]) -> None:
+        """Record the master SKU each (item, sku id) listing resolves to now."""
+        if not skus:
+            return
+        statement = (
+            update(t.listings)
+            .where(
+                t.listings.c.shop == bindparam("b_shop"),
+                t.listings.c.item_id == bindparam("b_item"),
+                t.listings.c.sku_id == bindparam("b_sku_id"),
+            )
+            .values(sku=bindparam("b_master"))
+        )
+        rows = [
+            {"b_shop": shop, "b_item": item, "b_sku_id": sku_id, "b_master": master}
+            for (item, sku_id), master in skus.items()
+        ]
+        for chunk in _chunks(rows):
+            await self.connection.execute(statement, list(chunk))
+
+    async def stock_pushes(self, shop: str) -> dict[tuple[str, str], int]:
+        """The last quantity pushed to each (item, sku id) listing of the shop."""
+        rows = await self.connection.execute(
+            select(
+                t.stock_pushes.c.item_id, t.stock_pushes.c.sku_id, t.stock_pushes.c.quantity
+            ).where(t.stock_pushes.c.shop == shop)
+        )
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    async def record_stock_pushes(
+        self, shop: str, pushed: Sequence[tuple[str, str, int]], message_id: int
+    ) -> None:
+        """Remember (item, sku id, quantity) as pushed by outbox message `message_id`; a row
+        written by a newer message is never overwritten by an older one."""
+        now = self.clock.now()
+        values = [
+            {
+                "shop": shop,
+                "item_id": item,
+                "sku_id": sku_id,
+                "quantity": qty,
+                "message_id": message_id,
+                "pushed_at": now,
+            }
+            for item, sku_id, qty in pushed
+        ]
+        for chunk in _chunks(values):
+            statement = self._upsert(t.stock_pushes).values(list(chunk))
+            await self.connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[
+                        t.stock_pushes.c.shop,
+                        t.stock_pushes.c.item_id,
+                        t.stock_pushes.c.sku_id,
+                    ],
+                    set_={
+                        "quantity": statement.excluded.quantity,
+                        "message_id": statement.excluded.message_id,
+                        "pushed_at": statement.excluded.pushed_at,
+                    },
+                    where=t.stock_pushes.c.message_id <= statement.excluded.message_id,
+                )
+            )
+
+    async def stock_available(self) -> dict[str, int]:
+        """Per master SKU: on hand in every warehouse minus what unshipped orders reserve."""
+        available: dict[str, int] = {}
+        rows = await self.connection.execute(
+            select(t.stock_ledger.c.sku, func.sum(t.stock_ledger.c.on_hand)).group_by(
+                t.stock_ledger.c.sku
+            )
+        )
+        for sku, qty in rows:
+            available[sku] = int(qty)
+        for (_, sku), qty in (await self.reserved()).items():
+            available[sku] = available.get(sku, 0) - qty
+        return available
+
+    async def pending_payloads(self, kind: str, target: str) -> dict[str, dict[str, Any]]:
+        """Subject → payload of the pending messages of one kind and target."""
+        rows = await self.connection.execute(
+            select(t.outbox.c.subject, t.outbox.c.payload).where(
+                t.outbox.c.kind == kind,
+                t.outbox.c.target == target,
+                t.outbox.c.status == OutboxStatus.PENDING.value,
+                t.outbox.c.subject.is_not(None),
+            )
+        )
+        return {r.subject: r.payload for r in rows}
+
+    async def subject_order(self, subject: str, message_id: int) -> tuple[bool, bool]:
+        """(is there a newer message of this subject, is an older one claimed right now) — a
+        message of an ordered subject is stale in the first case and must wait in the second."""
+        now = self.clock.now()
+        same = t.outbox.c.subject == subject
+        newer = select(t.outbox.c.id).where(same, t.outbox.c.id > message_id).limit(1)
+        older = (
+            select(t.outbox.c.id)
+            .where(
+                same,
+                t.outbox.c.id < message_id,
+                t.outbox.c.status == OutboxStatus.PENDING.value,
+                t.outbox.c.claimed_until > now,
+            )
+            .limit(1)
+        )
+        has_newer = (await self.connection.execute(newer)).first() is not None
+        has_older = (await self.connection.execute(older)).first() is not None
+        return has_newer, has_older
+
+    async def listing_summaries(self) -> list[ListingSummary]:
+        counts = {
+            shop: (int(n), int(mapped or 0))
+            for shop, n, mapped in await self.connection.execute(
+                select(
+                    t.listings.c.shop,
+                    func.count(),
+                    func.sum(case((t.listings.c.sku.is_not(None), 1), else_=0)),
+                ).group_by(t.listings.c.shop)
+            )
+        }
+        pushes = {
+            shop: (int(n), last)
+            for shop, n, last in await self.connection.execute(
+                select(
+                    t.stock_pushes.c.shop, func.count(), func.max(t.stock_pushes.c.pushed_at)
+                ).group_by(t.stock_pushes.c.shop)
+            )
+        }
+        return [
+            ListingSummary(
+                shop=shop,
+                listings=counts.get(shop, (0, 0))[0],
+                mapped=counts.get(shop, (0, 0))[1],
+                pushed=pushes.get(shop, (0, None))[0],
+                last_push=pushes.get(shop, (0, None))[1],
+            )
+            for shop in sorted(set(counts) | set(pushes))
+        ]
+
+    async def ledger_summaries(self) -> list[LedgerSummary]:
+        rows = await self.connection.execute(
+            select(
+                t.stock_ledger.c.warehouse,
+                func.count(),
+                func.sum(t.stock_ledger.c.on_hand),
+                func.max(t.stock_ledger.c.as_of),
+            )
+            .group_by(t.stock_ledger.c.warehouse)
+            .order_by(t.stock_ledger.c.warehouse)
+        )
+        return [
+            LedgerSummary(warehouse=wh, skus=int(n), on_hand=int(total or 0), as_of=as_of)
+            for wh, n, total, as_of in rows
+        ]
 
     # --- leases ------------------------------------------------------------------------------
 
@@ -1682,6 +2142,490 @@ class Tx:
             for r in await self.connection.execute(query)
         ]
 
+    # --- reconciliation ----------------------------------------------------------------------
+
+    async def bill_id(self, carrier: str, sha256: str) -> int | None:
+        """The stored bill of `carrier` with this content hash, if any."""
+        row = (
+            await self.connection.execute(
+                select(t.bills.c.id).where(t.bills.c.carrier == carrier, t.bills.c.sha256 == sha256)
+            )
+        ).first()
+        return None if row is None else int(row.id)
+
+    async def add_bill(self, carrier: str, sha256: str, filename: str) -> int | None:
+        """Store a new bill (lines and period follow); None when this content is stored already
+        (a concurrent import of the same file won)."""
+        statement = (
+            self._upsert(t.bills)
+            .values(
+                carrier=carrier,
+                sha256=sha256,
+                filename=filename,
+                line_count=0,
+                imported_at=self.clock.now(),
+            )
+            .on_conflict_do_nothing(index_elements=[t.bills.c.carrier, t.bills.c.sha256])
+            .returning(t.bills.c.id)
+        )
+        row = (await self.connection.execute(statement)).first()
+        return None if row is None else int(row.id)
+
+    async def add_bill_lines(self, bill_id: int, lines: Sequence[BillLineRow]) -> None:
+        """The readable lines of a bill: one driver-level executemany of plain tuples (a bill
+        may have a million lines; SQLAlchemy's per-value processing would dominate)."""
+        if not lines:
+            return
+        columns = ("bill_id", *BillLineRow._fields)
+        mark = "?" if self._dialect == "sqlite" else "%s"
+        await self.connection.exec_driver_sql(
+            f"INSERT INTO {t.bill_lines.name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join([mark] * len(columns))})",
+            [(bill_id, *line) for line in lines],
+        )
+
+    async def finish_bill(
+        self, bill_id: int, line_count: int, period: tuple[str, str] | None
+    ) -> None:
+        start, end = period if period is not None else (None, None)
+        await self.connection.execute(
+            update(t.bills)
+            .where(t.bills.c.id == bill_id)
+            .values(line_count=line_count, period_start=start, period_end=end)
+        )
+
+    def _parcel_query(self, *extra: Any) -> Any:
+        return select(
+            t.shipments.c.id,
+            t.shipments.c.waybill,
+            t.shipments.c.carrier,
+            t.shipments.c.weight_g,
+            type_coerce(t.shipments.c.packages, Text).label("packages"),  # see `_parcels`
+            t.shipments.c.delivery_order_code,
+            t.orders.c.province,
+            *extra,
+        ).select_from(
+            t.shipments.outerjoin(
+                t.delivery_orders,
+                t.delivery_orders.c.code == t.shipments.c.delivery_order_code,
+            ).outerjoin(t.orders, t.orders.c.id == t.delivery_orders.c.order_id)
+        )
+
+    async def parcels_of_bill_lines(
+        self, bill_id: int, first_line: int, last_line: int
+    ) -> dict[str, Parcel]:
+        """The parcels whose waybill is both a shipment's first waybill and on a stored line
+        `first_line`…`last_line` of the bill, by waybill (the first shipment wins when the WMS
+        reported one waybill twice). A join in the database: no waybill travels as a parameter."""
+        lines = (
+            select(t.bill_lines.c.waybill)
+            .where(
+                t.bill_lines.c.bill_id == bill_id,
+                t.bill_lines.c.line_no.between(first_line, last_line),
+            )
+            .scalar_subquery()
+        )
+        query = self._parcel_query().where(t.shipments.c.waybill.in_(lines))
+        found: dict[str, Parcel] = {}
+        for row in await self.connection.execute(query.order_by(t.shipments.c.id)):
+            for parcel in _parcels(row):
+                if parcel.main:
+                    found.setdefault(parcel.waybill, parcel)
+        return found
+
+    async def unbilled_parcels(
+        self, bill_id: int, carrier: str, start: datetime, end: datetime
+    ) -> list[Parcel]:
+        """The parcels of `carrier` shipped in [start, end) that may be missing from the bill:
+        single-parcel shipments whose waybill no line of the bill has (the anti-join runs in
+        the database), and every parcel of multi-parcel shipments (their further waybills are
+        checked by the caller)."""
+        billed = select(t.bill_lines.c.waybill).where(t.bill_lines.c.bill_id == bill_id)
+        in_period = (t.shipments.c.shipped_at >= start, t.shipments.c.shipped_at < end)
+        parcels_of = func.json_array_length(t.shipments.c.packages)
+        single = self._parcel_query(t.shipments.c.shipped_at).where(
+            *in_period,
+            t.shipments.c.carrier == carrier,
+            func.coalesce(parcels_of, 0) < 2,
+            t.shipments.c.waybill.not_in(billed),
+        )
+        multi = self._parcel_query(t.shipments.c.shipped_at).where(*in_period, parcels_of >= 2)
+        found: list[Parcel] = []
+        for query in (single, multi):
+            for row in await self.connection.execute(query.order_by(t.shipments.c.id)):
+                found.extend(p for p in _parcels(row, with_time=True) if p.carrier == carrier)
+        return found
+
+    async def add_report(self, report: ReconciliationReport) -> int:
+        """Store a report and its rows; returns its id."""
+        report_id = (
+            await self.connection.execute(
+                insert(t.reconciliation_reports)
+                .values(
+                    kind=report.kind.value,
+                    subject=report.subject,
+                    bill_id=report.bill_id,
+                    totals=report.totals,
+                    created_at=report.created_at or self.clock.now(),
+                )
+                .returning(t.reconciliation_reports.c.id)
+            )
+        ).scalar_one()
+        values = [
+            {
+                "report_id": report_id,
+                "kind": row.kind.value,
+                "waybill": row.waybill,
+                "sku": row.sku,
+                "expected": _decimal_text(row.expected),
+                "actual": _decimal_text(row.actual),
+                "difference": _decimal_text(row.difference),
+                "detail": row.detail,
+            }
+            for row in report.rows
+        ]
+        for chunk in _chunks(values, 5000):
+            await self.connection.execute(insert(t.reconciliation_rows), list(chunk))
+        return int(report_id)
+
+    async def report_of_bill(self, bill_id: int) -> ReconciliationReport | None:
+        row = (
+            await self.connection.execute(
+                select(t.reconciliation_reports.c.id)
+                .where(t.reconciliation_reports.c.bill_id == bill_id)
+                .order_by(t.reconciliation_reports.c.id.desc())
+                .limit(1)
+            )
+        ).first()
+        return None if row is None else await self.report(int(row.id))
+
+    async def report(self, report_id: int) -> ReconciliationReport | None:
+        """One stored report with its rows (in the order they were written)."""
+        head = (
+            await self.connection.execute(
+                select(t.reconciliation_reports).where(t.reconciliation_reports.c.id == report_id)
+            )
+        ).first()
+        if head is None:
+            return None
+        rows = tuple(
+            ReconciliationRow(
+                kind=ReconciliationKind(r.kind),
+                waybill=r.waybill,
+                sku=r.sku,
+                expected=_decimal(r.expected),
+                actual=_decimal(r.actual),
+                difference=_decimal(r.difference),
+                detail=r.detail,
+            )
+            for r in await self.connection.execute(
+                select(t.reconciliation_rows)
+                .where(t.reconciliation_rows.c.report_id == report_id)
+                .order_by(t.reconciliation_rows.c.id)
+            )
+        )
+        return ReconciliationReport(
+            id=head.id,
+            kind=ReportKind(head.kind),
+            subject=head.subject,
+            bill_id=head.bill_id,
+            totals=head.totals,
+            rows=rows,
+            row_count=len(rows),
+            created_at=head.created_at,
+        )
+
+    async def reports(
+        self, kind: ReportKind | None = None, subject: str | None = None, limit: int = 50
+    ) -> list[ReconciliationReport]:
+        """Stored reports, newest first, without their rows (`row_count` says how many)."""
+        counts = (
+            select(
+                t.reconciliation_rows.c.report_id,
+                func.count().label("row_count"),
+            )
+            .group_by(t.reconciliation_rows.c.report_id)
+            .subquery()
+        )
+        query = (
+            select(t.reconciliation_reports, counts.c.row_count)
+            .select_from(
+                t.reconciliation_reports.outerjoin(
+                    counts, counts.c.report_id == t.reconciliation_reports.c.id
+                )
+            )
+            .order_by(t.reconciliation_reports.c.id.desc())
+            .limit(limit)
+        )
+        if kind is not None:
+            query = query.where(t.reconciliation_reports.c.kind == kind.value)
+        if subject is not None:
+            query = query.where(t.reconciliation_reports.c.subject == subject)
+        return [
+            ReconciliationReport(
+                id=r.id,
+                kind=ReportKind(r.kind),
+                subject=r.subject,
+                bill_id=r.bill_id,
+                totals=r.totals,
+                row_count=r.row_count or 0,
+                created_at=r.created_at,
+            )
+            for r in await self.connection.execute(query)
+        ]
+
+    # --- ERP: purchase orders, receipts, sales outbound documents ----------------------------
+
+    async def known_purchase_orders(self, numbers: Sequence[str]) -> set[str]:
+        """Which of these purchase orders the hub has seen before."""
+        found: set[str] = set()
+        for chunk in _chunks(list(numbers)):
+            rows = await self.connection.execute(
+                select(t.erp_purchase_orders.c.number).where(
+                    t.erp_purchase_orders.c.number.in_(list(chunk))
+                )
+            )
+            found.update(r.number for r in rows)
+        return found
+
+    async def add_purchase_order(self, order: ErpPurchaseOrder) -> bool:
+        """Record a purchase order and its lines once; False when it was recorded before."""
+        now = self.clock.now()
+        statement = (
+            self._upsert(t.erp_purchase_orders)
+            .values(
+                number=order.number,
+                erp_id=order.erp_id,
+                warehouse=order.warehouse,
+                supplier=order.supplier,
+                purchase_org=order.purchase_org,
+                state=order.state.value,
+                wms_order_id=order.wms_order_id,
+                approved_at=order.approved_at,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[t.erp_purchase_orders.c.number])
+            .returning(t.erp_purchase_orders.c.number)
+        )
+        if (await self.connection.execute(statement)).first() is None:
+            return False
+        if order.lines:
+            await self.connection.execute(
+                insert(t.erp_purchase_lines),
+                [
+                    {
+                        "number": order.number,
+                        "entry_id": line.entry_id,
+                        "sku": line.sku,
+                        "unit": line.unit,
+                        "qty": line.qty,
+                        "received": line.received,
+                    }
+                    for line in order.lines
+                ],
+            )
+        return True
+
+    async def purchase_order(self, number: str) -> ErpPurchaseOrder | None:
+        head = (
+            await self.connection.execute(
+                select(t.erp_purchase_orders).where(t.erp_purchase_orders.c.number == number)
+            )
+        ).first()
+        if head is None:
+            return None
+        lines = await self.connection.execute(
+            select(t.erp_purchase_lines)
+            .where(t.erp_purchase_lines.c.number == number)
+            .order_by(t.erp_purchase_lines.c.entry_id)
+        )
+        return ErpPurchaseOrder(
+            number=head.number,
+            erp_id=head.erp_id,
+            warehouse=head.warehouse,
+            supplier=head.supplier,
+            purchase_org=head.purchase_org,
+            state=PurchaseState(head.state),
+            wms_order_id=head.wms_order_id,
+            approved_at=head.approved_at,
+            lines=tuple(
+                ErpPurchaseLine(r.entry_id, r.sku, r.unit, r.qty, r.received) for r in lines
+            ),
+        )
+
+    async def set_purchase_state(
+        self,
+        number: str,
+        state: PurchaseState,
+        *,
+        only_from: Sequence[PurchaseState] | None = None,
+        wms_order_id: str | None = None,
+    ) -> bool:
+        values: dict[str, Any] = {"state": state.value, "updated_at": self.clock.now()}
+        if wms_order_id:
+            values["wms_order_id"] = wms_order_id
+        query = update(t.erp_purchase_orders).where(t.erp_purchase_orders.c.number == number)
+        if only_from is not None:
+            query = query.where(t.erp_purchase_orders.c.state.in_([s.value for s in only_from]))
+        return (await self.connection.execute(query.values(**values))).rowcount == 1
+
+    async def add_received(self, number: str, received: Mapping[str, int]) -> None:
+        """Add received quantities to a purchase order's lines, by entry id."""
+        for entry_id, qty in received.items():
+            await self.connection.execute(
+                update(t.erp_purchase_lines)
+                .where(
+                    t.erp_purchase_lines.c.number == number,
+                    t.erp_purchase_lines.c.entry_id == entry_id,
+                )
+                .values(received=t.erp_purchase_lines.c.received + qty)
+            )
+
+    async def add_receipt(self, receipt: ErpReceipt) -> bool:
+        """Record a receipt once per (warehouse, outBizCode); False for a repeated confirm."""
+        now = self.clock.now()
+        statement = (
+            self._upsert(t.erp_receipts)
+            .values(
+                number=receipt.number,
+                purchase_order=receipt.purchase_order,
+                warehouse=receipt.warehouse,
+                out_biz_code=receipt.out_biz_code,
+                final=receipt.final,
+                lines=[list(line) for line in receipt.lines],
+                received_at=receipt.received_at,
+                state=receipt.state.value,
+                erp_id=receipt.erp_id,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[t.erp_receipts.c.warehouse, t.erp_receipts.c.out_biz_code]
+            )
+            .returning(t.erp_receipts.c.number)
+        )
+        return (await self.connection.execute(statement)).first() is not None
+
+    async def receipt_seen(self, warehouse: str, out_biz_code: str) -> bool:
+        row = (
+            await self.connection.execute(
+                select(t.erp_receipts.c.number).where(
+                    t.erp_receipts.c.warehouse == warehouse,
+                    t.erp_receipts.c.out_biz_code == out_biz_code,
+                )
+            )
+        ).first()
+        return row is not None
+
+    async def receipts_of(self, purchase_order: str) -> list[ErpReceipt]:
+        rows = await self.connection.execute(
+            select(t.erp_receipts)
+            .where(t.erp_receipts.c.purchase_order == purchase_order)
+            .order_by(t.erp_receipts.c.created_at, t.erp_receipts.c.number)
+        )
+        return [_receipt_from_row(r) for r in rows]
+
+    async def receipt(self, number: str) -> ErpReceipt | None:
+        row = (
+            await self.connection.execute(
+                select(t.erp_receipts).where(t.erp_receipts.c.number == number)
+            )
+        ).first()
+        return _receipt_from_row(row) if row else None
+
+    async def set_receipt_saved(self, number: str, erp_id: str) -> None:
+        await self.connection.execute(
+            update(t.erp_receipts)
+            .where(t.erp_receipts.c.number == number)
+            .values(state=DocumentState.SAVED.value, erp_id=erp_id, updated_at=self.clock.now())
+        )
+
+    async def shipped_quantities(self, delivery_order_code: str) -> dict[str, int]:
+        """Units the WMS reported shipped for a delivery order, per SKU (its stock changes)."""
+        rows = await self.connection.execute(
+            select(t.stock_changes.c.sku, func.sum(t.stock_changes.c.delta))
+            .where(
+                t.stock_changes.c.order_code == delivery_order_code,
+                t.stock_changes.c.delta < 0,
+            )
+            .group_by(t.stock_changes.c.sku)
+            .order_by(t.stock_changes.c.sku)
+        )
+        return {sku: -int(total) for sku, total in rows}
+
+    async def add_sales_outbound(self, document: ErpSalesOutbound) -> bool:
+        """Record a sales outbound document once per delivery order; False when it exists."""
+        now = self.clock.now()
+        statement = (
+            self._upsert(t.erp_sales_outbounds)
+            .values(
+                number=document.number,
+                shop=document.shop,
+                platform_order_id=document.platform_order_id,
+                warehouse=document.warehouse,
+                lines=[list(line) for line in document.lines],
+                shipped_at=document.shipped_at,
+                state=document.state.value,
+                erp_id=document.erp_id,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[t.erp_sales_outbounds.c.number])
+            .returning(t.erp_sales_outbounds.c.number)
+        )
+        return (await self.connection.execute(statement)).first() is not None
+
+    async def sales_outbound(self, number: str) -> ErpSalesOutbound | None:
+        row = (
+            await self.connection.execute(
+                select(t.erp_sales_outbounds).where(t.erp_sales_outbounds.c.number == number)
+            )
+        ).first()
+        if row is None:
+            return None
+        return ErpSalesOutbound(
+            number=row.number,
+            shop=row.shop,
+            platform_order_id=row.platform_order_id,
+            warehouse=row.warehouse,
+            lines=tuple((str(s), int(q), int(p)) for s, q, p in row.lines),
+            shipped_at=row.shipped_at,
+            state=DocumentState(row.state),
+            erp_id=row.erp_id,
+        )
+
+    async def set_sales_outbound_saved(self, number: str, erp_id: str) -> None:
+        await self.connection.execute(
+            update(t.erp_sales_outbounds)
+            .where(t.erp_sales_outbounds.c.number == number)
+            .values(state=DocumentState.SAVED.value, erp_id=erp_id, updated_at=self.clock.now())
+        )
+
+    async def erp_summary(self) -> ErpSummary:
+        """Counts by state of the purchase orders, receipts and sales documents."""
+        counts: list[dict[str, int]] = []
+        for table in (t.erp_purchase_orders, t.erp_receipts, t.erp_sales_outbounds):
+            rows = await self.connection.execute(
+                select(table.c.state, func.count()).group_by(table.c.state)
+            )
+            counts.append({state: int(n) for state, n in rows})
+        return ErpSummary(*counts)
+
+
+def _receipt_from_row(row: Row[Any]) -> ErpReceipt:
+    return ErpReceipt(
+        number=row.number,
+        purchase_order=row.purchase_order,
+        warehouse=row.warehouse,
+        out_biz_code=row.out_biz_code,
+        final=row.final,
+        lines=tuple((str(e), str(s), int(q), str(u)) for e, s, q, u in row.lines),
+        received_at=row.received_at,
+        state=DocumentState(row.state),
+        erp_id=row.erp_id,
+    )
+
 
 def _outbox_from_row(row: Row[Any]) -> OutboxMessage:
     return OutboxMessage(
@@ -1723,6 +2667,11 @@ class Store:
     def __init__(self, engine: AsyncEngine, clock: Clock | None = None) -> None:
         self.engine = engine
         self.clock: Clock = clock or SystemClock()
+        # SQLite has one writer at a time. Transactions of this process queue here, in the
+        # event loop, rather than in SQLite's busy handler, which sleeps and polls; other
+        # processes still wait in that handler (BEGIN IMMEDIATE, models.db).
+        self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._writer_task: asyncio.Task[Any] | None = None
 
     @classmethod
     def open(cls, database_url: str, clock: Clock | None = None, **engine_args: Any) -> "Store":
@@ -1737,8 +2686,20 @@ class Store:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with self.engine.begin() as connection:
-            yield Tx(connection, self.clock)
+        me = asyncio.current_task()
+        if self._writer is None or self._writer_task is me:
+            # PostgreSQL, or a transaction opened inside another one of the same task (which
+            # SQLite cannot grant; its busy timeout reports that instead of hanging here).
+            async with self.engine.begin() as connection:
+                yield Tx(connection, self.clock)
+            return
+        async with self._writer:
+            self._writer_task = me
+            try:
+                async with self.engine.begin() as connection:
+                    yield Tx(connection, self.clock)
+            finally:
+                self._writer_task = None
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:

@@ -385,3 +385,96 @@ webhook_inbox = Table(
     Column("received_at", UtcDateTime, nullable=False),
     UniqueConstraint("source", "delivery_id"),
 )
+
+listings = Table(
+    "listings",
+    metadata,
+    Column("shop", String(64), primary_key=True),
+    Column("item_id", String(64), primary_key=True),
+    Column("sku_id", String(64), primary_key=True),  # "" for a TOP item without SKUs
+    Column("merchant_code", String(64), nullable=False, default=""),
+    Column("sku", String(64)),  # the master SKU it resolves to; NULL while unknown
+    Column("source", String(16), nullable=False),  # "listing" (the platform's list) | "order"
+    Column("platform_quantity", Integer),  # what the platform showed when last listed
+    Column("last_seen", UtcDateTime, nullable=False),
+)
+
+stock_pushes = Table(
+    "stock_pushes",
+    metadata,
+    Column("shop", String(64), primary_key=True),
+    Column("item_id", String(64), primary_key=True),
+    Column("sku_id", String(64), primary_key=True),
+    Column("quantity", Integer, nullable=False),
+    Column("message_id", Id, nullable=False),  # the outbox message that pushed it
+    Column("pushed_at", UtcDateTime, nullable=False),
+)
+
+# --- ERP (purchase orders → WMS inbound → receipts; sales outbound documents) ------------------
+
+erp_purchase_orders = Table(
+    "erp_purchase_orders",
+    metadata,
+    Column("number", String(64), primary_key=True),
+    Column("erp_id", String(32), nullable=False),
+    Column("warehouse", String(64), nullable=False),
+    Column("supplier", String(64), nullable=False),
+    Column("purchase_org", String(64), nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    Column("wms_order_id", String(64), nullable=False, default=""),
+    Column("approved_at", UtcDateTime),
+    _created(),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_erp_purchase_orders_state", "state"),
+)
+
+erp_purchase_lines = Table(
+    "erp_purchase_lines",
+    metadata,
+    Column(
+        "number",
+        String(64),
+        ForeignKey("erp_purchase_orders.number", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("entry_id", String(32), primary_key=True),
+    Column("sku", String(64), nullable=False),
+    Column("unit", String(32), nullable=False, default=""),
+    Column("qty", Integer, nullable=False),
+    Column("received", Integer, nullable=False, default=0),
+)
+
+erp_receipts = Table(
+    "erp_receipts",
+    metadata,
+    Column("number", String(80), primary_key=True),
+    Column("purchase_order", String(64), nullable=False),
+    Column("warehouse", String(64), nullable=False),
+    Column("out_biz_code", String(128), nullable=False),
+    Column("final", Boolean, nullable=False),
+    Column("lines", JSON, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("erp_id", String(32), nullable=False, default=""),
+    _created(),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("warehouse", "out_biz_code"),
+    Index("ix_erp_receipts_purchase_order", "purchase_order"),
+    Index("ix_erp_receipts_state", "state"),
+)
+
+erp_sales_outbounds = Table(
+    "erp_sales_outbounds",
+    metadata,
+    Column("number", String(128), primary_key=True),
+    Column("shop", String(64), nullable=False),
+    Column("platform_order_id", String(64), nullable=False),
+    Column("warehouse", String(64), nullable=False),
+    Column("lines", JSON, nullable=False),
+    Column("shipped_at", UtcDateTime, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("erp_id", String(32), nullable=False, default=""),
+    _created(),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_erp_sales_outbounds_state", "state"),
+)

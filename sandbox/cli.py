@@ -26,6 +26,10 @@ def describe(sandbox: Sandbox) -> str:
     lines += [
         "",
         f"kuaidi100: {k100.api_url}/poll  customer={k100.customer} key={k100.key}",
+        f"k3cloud:   {sandbox.erp_info.api_url}  acct_id={sandbox.erp_info.acct_id} "
+        f"username={sandbox.erp_info.username} app_id={sandbox.erp_info.app_id} "
+        f"app_secret={sandbox.erp_info.app_secret} org={sandbox.erp_info.org_number} "
+        f"({len(sandbox.k3cloud.purchase_orders)} purchase orders)",
         f"state:     {sandbox.base_url}/_sandbox/state",
         f"callbacks go to: {sandbox.hub_url}",
     ]

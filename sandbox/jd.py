@@ -32,7 +32,15 @@ from sandbox.gateway import (
     required,
     window_params,
 )
-from sandbox.world import AlreadyShipped, OrderState, World, WorldError, cst_text, money
+from sandbox.world import (
+    AlreadyShipped,
+    Listing,
+    OrderState,
+    World,
+    WorldError,
+    cst_text,
+    money,
+)
 
 # Gateway errors. JD publishes no code list: "12" and "19" are the codes seen in the wild
 # (platforms.md §2.1); the others are the sandbox's own choice, documented in the README.
@@ -71,6 +79,10 @@ STATE_REMARKS = {
 SEARCH = "jingdong.pop.order.search"
 SHIPMENT = "jingdong.pop.order.shipment"
 STOCK = "jingdong.stock.write.updateSkuStock"
+SKU_SEARCH = "jingdong.sku.read.searchSkuList"
+SKU_PAGE_MAX = 50
+SKU_DEFAULT_FIELDS = frozenset({"skuId", "wareId", "outerId", "status", "jdPrice"})
+SKU_ON_SHELF = 1  # `status`: 1 on the shelf, 2 off, 4 deleted; every simulated SKU is on
 
 Handler = Callable[[ShopCredentials, Mapping[str, Any]], dict[str, Any]]
 
@@ -108,6 +120,7 @@ class JdSim:
             SEARCH: self.order_search,
             SHIPMENT: self.order_shipment,
             STOCK: self.update_sku_stock,
+            SKU_SEARCH: self.search_sku_list,
         }
         self.gateway = Gateway(
             rules=Rules(
@@ -239,6 +252,37 @@ class JdSim:
         )
         return {"success": True}
 
+    def search_sku_list(self, shop: ShopCredentials, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`jingdong.sku.read.searchSkuList`: the shop's SKUs by `skuId`, filtered by
+        `skuStatuValue` (default "1,2"), `wareId` / `skuId` (comma lists), paged by `pageNo` and
+        `page_size` (≤ 50); `field` picks the keys (`skuId` always comes back)."""
+        statuses = _int_set(params, "skuStatuValue") or {1, 2}
+        ware_ids = _int_set(params, "wareId")
+        sku_ids = _int_set(params, "skuId")
+        page = int_param(params, "pageNo", 1, 1)
+        page_size = int_param(params, "page_size", 20, 1, SKU_PAGE_MAX)
+        wanted = {f for f in str(params.get("field", "")).split(",") if f} or SKU_DEFAULT_FIELDS
+        rows = sorted(
+            (
+                li
+                for li in self.world.shops[shop.code].listings
+                if li.sku_id is not None
+                and SKU_ON_SHELF in statuses
+                and (not ware_ids or li.item_id in ware_ids)
+                and (not sku_ids or li.sku_id in sku_ids)
+            ),
+            key=lambda li: li.sku_id or 0,
+        )
+        chosen = rows[(page - 1) * page_size : page * page_size]
+        return {
+            "page": {
+                "data": [_sku_info(li, wanted) for li in chosen],
+                "pageNo": page,
+                "pageSize": page_size,
+                "totalItem": len(rows),
+            }
+        }
+
     # --- inspection -----------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -260,6 +304,30 @@ def _business_params(params: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApiError("invalid_param", "360buy_param_json", "not a JSON object")
     return value
+
+
+def _int_set(params: Mapping[str, Any], name: str) -> set[int]:
+    raw = params.get(name)
+    values = raw if isinstance(raw, list) else str(raw or "").split(",")
+    try:
+        return {int(str(v).strip()) for v in values if str(v).strip()}
+    except ValueError:
+        raise ApiError("invalid_param", name, f"{name} must list integers") from None
+
+
+def _sku_info(listing: Listing, wanted: set[str] | frozenset[str]) -> dict[str, Any]:
+    """One `searchSkuList` row: ids and counts as numbers, like the real answer."""
+    info: dict[str, Any] = {
+        "skuId": listing.sku_id,
+        "wareId": listing.item_id,
+        "outerId": listing.merchant_code,
+        "status": SKU_ON_SHELF,
+        "jdPrice": float(listing.price),
+        "stockNum": listing.quantity,
+        "skuName": f"{listing.title} {listing.properties.partition(':')[2]}".strip(),
+        "wareTitle": listing.title,
+    }
+    return {k: v for k, v in info.items() if k in wanted or k == "skuId"}
 
 
 def _api_result(success: bool, failure: Failure | None = None) -> dict[str, Any]:

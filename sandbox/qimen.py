@@ -54,7 +54,12 @@ Methods served (ERP → WMS):
   WMS. Unknown items are left out of `items` (treat missing as 0).
 - `taobao.qimen.entryorder.create` (`entryOrder{entryOrderCode, ownerCode, warehouseCode,
   orderType, supplierCode…}`, `orderLines/orderLine{orderLineNo, ownerCode, itemCode, planQty}`)
-  → `entryOrderId`. Not deduplicated either.
+  → `entryOrderId`. Not deduplicated either: a repeated code is a second entry order that is
+  received on its own (stock counted twice — what the hub must prevent).
+- `taobao.qimen.entryorder.query` (`entryOrderCode`, `warehouseCode`, `ownerCode`) →
+  `entryOrder{entryOrderCode, entryOrderId, warehouseCode, entryOrderType, status}` (NEW,
+  PARTFULFILLED, FULFILLED, CANCELED) and `orderLines` with the `actualQty` received so far;
+  `ORDER_NOT_EXIST` for an unknown code. Acts on the latest create of a code.
 
 Behaviour over time (`start()` runs it; `tick()` is the same step, callable directly):
 - Each delivery order ships `ship_delay` s after its create if every line is in stock; else it
@@ -97,7 +102,8 @@ at a time, oldest due first.
 Faults (`FaultProfile` through the seeded `FaultInjector`, rolled per request in this order):
 `slow` (answer after `slow_seconds`), `http_5xx` (bare HTTP 502/503, nothing recorded),
 `transient` (`flag=failure`, `code=SYSTEM_ERROR`, nothing recorded, after the signature check),
-`ambiguous` (create and cancel only, after a successful change is recorded): either the
+`ambiguous` (delivery-order and entry-order creates and cancels, after a successful change is
+recorded): either the
 connection drops — the simulator starts a `200` answer with a `Content-Length` and closes the
 connection before any body byte, so the client gets a protocol error (uvicorn logs "ASGI callable
 returned without completing response") — or the answer arrives `ambiguous_delay` s late. Which
@@ -108,7 +114,7 @@ Keyword knobs of `QimenWms` (defaults): `carrier_switch` 0.1, `entry_split` 0.5,
 60.0 s, `retry_backoff` (0.2, 2.0), `callback_timeout` 5.0 s, `stock_retry` 1.0 s,
 `ambiguous_mode` "random". Inspection for tests: `creates` (every recorded create in arrival
 order, duplicates included, each a live `DeliveryOrder` with status, carrier, packages and
-`ambiguous`), `entry_creates`, `cancels` (every cancel answered, with its outcome code),
+`ambiguous`), `entry_creates` (likewise `EntryOrder`s), `entry_order(wh, code)`, `cancels` (every cancel answered, with its outcome code),
 `callbacks` (every queued callback with attempts / delivered / last_error), `confirms_sent`,
 `entry_confirms_sent`, `stock_reports_sent` (acknowledged ones), `pending_callbacks`,
 `rejected`, `faults_served`, `stock(wh)` (on hand), `locked(wh)`, `order(wh, code)`,
@@ -153,6 +159,7 @@ TICK = 0.02
 CONFIRM = "taobao.qimen.deliveryorder.confirm"
 ENTRY_CONFIRM = "taobao.qimen.entryorder.confirm"
 STOCK_REPORT = "taobao.qimen.stockchange.report"
+AMBIGUOUS_METHODS = ("deliveryorder.create", "order.cancel", "entryorder.create")
 
 DELIVERY_TYPES = ("JYCK", "HHCK", "BFCK", "QTCK")
 ENTRY_TYPES = ("SCRK", "LYRK", "CCRK", "CGRK", "DBRK", "QTRK", "B2BRK", "XNRK")
@@ -332,6 +339,8 @@ class EntryOrder:
     body: str
     status: str = "NEW"
     receipts: list[str] = field(default_factory=list)
+    ambiguous: str | None = None
+    """`drop` or `late` when the create's answer was faulted after recording it."""
 
 
 @dataclass
@@ -445,6 +454,7 @@ class QimenWms:
             "deliveryorder.query": self._query,
             "inventory.query": self._inventory,
             "entryorder.create": self._entry_create,
+            "entryorder.query": self._entry_query,
         }
         if adjust_every is not None:
             self._schedule(adjust_every, self._random_adjustment)
@@ -556,9 +566,7 @@ class QimenWms:
             self.rejected.append((method, exc.code, exc.message))
             return _xml_response(answer_xml(False, exc.code, exc.message))
         text = answer_xml(True, "0", "success", extra)
-        if name in ("deliveryorder.create", "order.cancel") and self._faults.roll(
-            profile.ambiguous
-        ):
+        if name in AMBIGUOUS_METHODS and self._faults.roll(profile.ambiguous):
             mode = self._ambiguous_choice()
             self._mark_ambiguous(name, mode)
             self.faults_served.append((method, mode))
@@ -575,6 +583,8 @@ class QimenWms:
     def _mark_ambiguous(self, name: str, mode: str) -> None:
         if name == "deliveryorder.create":
             self.creates[-1].ambiguous = mode
+        elif name == "entryorder.create":
+            self.entry_creates[-1].ambiguous = mode
         else:
             self.cancels[-1].ambiguous = mode
 
@@ -805,6 +815,26 @@ class QimenWms:
             plan = [line.plan_qty for line in entry.lines]
             self._schedule(self.ship_delay, lambda: self._receive(entry, plan, final=True))
         return [("entryOrderId", entry.order_id)]
+
+    def entry_order(self, warehouse: str, code: str) -> EntryOrder | None:
+        """The latest entry order created under `code` in `warehouse`."""
+        found = [e for e in self.entry_creates if e.warehouse == warehouse and e.code == code]
+        return found[-1] if found else None
+
+    def _entry_query(self, candidates: list[_Warehouse], root: ET.Element) -> XmlNodes:
+        code = _require(root, "entryOrderCode")
+        wh = self._pick(candidates, _text(root, "warehouseCode") or candidates[0].spec.code)
+        entry = self.entry_order(wh.spec.code, code)
+        if entry is None:
+            raise QimenError("ORDER_NOT_EXIST", f"order {code} does not exist")
+        head: XmlNodes = [
+            ("entryOrderCode", entry.code),
+            ("entryOrderId", entry.order_id),
+            ("warehouseCode", entry.warehouse),
+            ("entryOrderType", entry.order_type),
+            ("status", entry.status),
+        ]
+        return [("entryOrder", head), ("orderLines", _line_nodes(entry.lines))]
 
     # --- time passing ----------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ async with Sandbox(seed=7, profile="calm", rate=2.0) as sandbox:
 ```
 
 Routes: TOP `POST /router/rest`, JD `GET|POST /routerjson`, Qimen `POST /router/qimen/service`,
-Kuaidi100 `POST /poll` and `POST /poll/query.do`, and `GET /_sandbox/state` (what every simulator
-received, as JSON). Credentials, stock and orders all derive from `seed`.
+Kuaidi100 `POST /poll` and `POST /poll/query.do`, K3Cloud `POST /k3cloud/<Service>.common.kdsvc`,
+and `GET /_sandbox/state` (what every simulator received, as JSON). Credentials, stock, orders and
+purchase orders all derive from `seed`.
 """
 
 import asyncio
@@ -32,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 from sandbox.faults import PROFILES, FaultInjector, FaultProfile
 from sandbox.gateway import ShopCredentials
 from sandbox.jd import JdSim
+from sandbox.k3cloud import K3CloudSim, K3Credentials
 from sandbox.kuaidi100 import Kuaidi100Sim
 from sandbox.qimen import QimenWms, WarehouseSpec
 from sandbox.signing import TOP_SIGN_METHODS
@@ -107,6 +109,33 @@ class WarehouseInfo:
 
 
 @dataclass(frozen=True)
+class ErpInfo:
+    """The simulated K3Cloud data center as the hub's `[erp]` section needs it."""
+
+    api_url: str
+    acct_id: str
+    username: str
+    app_id: str
+    app_secret: str
+    lcid: int
+    org_number: str
+
+
+ERP_ORG = "100"
+SUPPLIERS = ("VEN00001", "VEN00002", "VEN00003", "VEN00004")
+
+
+def customer_number(shop: str) -> str:
+    """The ERP customer number the sandbox gives a shop's sales documents."""
+    return f"CUST-{shop.upper()}"
+
+
+def stock_number(warehouse: str) -> str:
+    """The ERP stock number the sandbox gives a warehouse."""
+    return f"CK-{warehouse}"
+
+
+@dataclass(frozen=True)
 class Kuaidi100Info:
     customer: str
     key: str
@@ -159,6 +188,8 @@ class Sandbox:
         epoch: datetime | None = None,
         ship_delay: float = 2.0,
         push_delay: float = 5.0,
+        purchase_orders: int = 4,
+        purchase_every: float | None = None,
     ) -> None:
         self.seed = seed
         self.profile = resolve_profile(profile)
@@ -214,11 +245,31 @@ class Sandbox:
             self._injector(4),
             push_delay,
         )
+        # Its own credential dice, so adding the ERP shifted no other simulator's credentials.
+        erp_creds = random.Random(f"k3cloud-credentials:{seed}")
+        self.erp_credentials = K3Credentials(
+            acct_id=f"{erp_creds.getrandbits(48):012x}",
+            username="ecomhub",
+            app_id=f"{erp_creds.randrange(10**5, 10**6)}_{erp_creds.getrandbits(64):016x}",
+            app_secret=f"{erp_creds.getrandbits(128):032x}",
+        )
+        self.k3cloud = K3CloudSim(
+            self.erp_credentials,
+            self._injector(5),
+            org=ERP_ORG,
+            materials=[code for code, *_ in self.world.catalog()],
+            stocks=[stock_number(spec.code) for spec in self.warehouse_specs],
+            customers=[customer_number(code) for code, _ in shops],
+            suppliers=SUPPLIERS,
+            purchase_every=purchase_every,
+        )
+        self.k3cloud.seed_purchase_orders(purchase_orders)
         routes: list[BaseRoute] = [
             *self.top.routes(),
             *self.jd.routes(),
             *self.qimen.routes(),
             *self.kuaidi100.routes(),
+            *self.k3cloud.routes(),
             Route("/_sandbox/state", self._state_endpoint, methods=["GET"]),
         ]
         self.app = Starlette(routes=routes)
@@ -248,6 +299,7 @@ class Sandbox:
         self.port = server.servers[0].sockets[0].getsockname()[1]
         await self.qimen.start()
         await self.kuaidi100.start()
+        await self.k3cloud.start()
         if self.rate > 0:
             self._live_task = asyncio.create_task(self._live(), name="sandbox-live-orders")
 
@@ -266,6 +318,7 @@ class Sandbox:
             await self._stop_servers()
 
     async def _stop_servers(self) -> None:
+        await self.k3cloud.stop()
         await self.kuaidi100.stop()
         await self.qimen.stop()
         if self._server is not None and self._serve_task is not None:
@@ -361,6 +414,19 @@ class Sandbox:
             api_url=self.base_url,
         )
 
+    @property
+    def erp_info(self) -> ErpInfo:
+        c = self.erp_credentials
+        return ErpInfo(
+            api_url=self.base_url + "/k3cloud/",
+            acct_id=c.acct_id,
+            username=c.username,
+            app_id=c.app_id,
+            app_secret=c.app_secret,
+            lcid=c.lcid,
+            org_number=ERP_ORG,
+        )
+
     def hub_config_toml(self, database_url: str, hub_host: str, hub_port: int) -> str:
         """A complete `ecomhub.toml` (DESIGN.md shape) pointing the hub at this sandbox."""
         lag = max(5, math.ceil(self.profile.visibility_latency) + 2)
@@ -395,6 +461,7 @@ class Sandbox:
                 'poll_interval = "5s"',
                 f'initial_lookback = "{lookback_hours}h"  # covers the generated backlog',
                 f'lag = "{lag}s"  # the sandbox shows changes within seconds, not minutes',
+                f"customer_number = {_q(customer_number(shop.code))}",
             ]
         for wh in self.warehouses:
             out += [
@@ -409,6 +476,7 @@ class Sandbox:
                 f"provinces = [{', '.join(_q(p) for p in wh.provinces)}]",
                 f"priority = {wh.priority}",
                 f"default_carrier = {_q(wh.default_carrier)}",
+                f"stock_number = {_q(stock_number(wh.code))}",
             ]
         for carrier in self.carriers:
             out += [
@@ -428,6 +496,22 @@ class Sandbox:
             f"salt = {_q(k100.salt)}",
             f"api_url = {_q(k100.api_url)}",
         ]
+        erp = self.erp_info
+        out += [
+            "",
+            "[erp]",
+            'kind = "k3cloud"',
+            f"api_url = {_q(erp.api_url)}",
+            f"acct_id = {_q(erp.acct_id)}",
+            f"username = {_q(erp.username)}",
+            f"app_id = {_q(erp.app_id)}",
+            f"app_secret = {_q(erp.app_secret)}",
+            f"lcid = {erp.lcid}",
+            f"org_number = {_q(erp.org_number)}",
+            'poll_interval = "5s"',
+        ]
+        if self.warehouses:
+            out.append(f"inbound_warehouse = {_q(self.warehouses[0].code)}")
         return "\n".join(out) + "\n"
 
     # --- inspection -----------------------------------------------------------------------
@@ -450,6 +534,7 @@ class Sandbox:
             "jd": self.jd.snapshot(),
             "qimen": self.qimen.snapshot(),
             "kuaidi100": self.kuaidi100.snapshot(),
+            "k3cloud": self.k3cloud.snapshot(),
         }
 
     async def _state_endpoint(self, request: Request) -> Response:

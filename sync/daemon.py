@@ -4,7 +4,13 @@ Jobs (names are also their lease names):
 - `pull:<shop>` every shop's `poll_interval`; `backfill:<shop>` when the admin API asks;
 - `route` after every pull and hint, and every `daemon.route_interval` as a safety net;
 - `stock` every `daemon.stock_interval` (the ledger routing and channel stock read);
+- `reconcile-inventory:<warehouse>` every `daemon.inventory_reconcile_interval`: the WMS
+  snapshot against the ledger, stored as a report;
+- `stock-sync` every `daemon.stock_sync_interval` and after each stock reading: channel stock
+  computed and changed values written to the outbox (`sync.channel_stock`);
 - `tmc:<shop>` for TOP shops every `daemon.tmc_interval` (each message is a hint);
+- `erp-purchase` every `erp.poll_interval` with `[erp]`: new audited purchase orders become WMS
+  inbound notices (`sync.erp`);
 - `tokens` hourly: warns about shop tokens that expire within a week.
 
 A job runs only while its replica holds the job's lease (free, expired, or ours; renewed while
@@ -33,17 +39,20 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from config import Settings, ShopConfig, WarehouseConfig
-from connectors.base import Marketplace, MessageSource, Wms
+from connectors.base import Erp, Marketplace, MessageSource, Wms
 from connectors.registry import marketplace_for as registry_marketplace_for
 from connectors.registry import wms_for as registry_wms_for
 from models.clock import Clock, SystemClock
 from models.store import Store
+from sync.channel_stock import STOCK_SYNC_JOB, sync_channel_stock
+from sync.erp import ErpEffects, poll_purchase_orders
 from sync.errors import HubError
 from sync.fulfilment import Effects, route_all
 from sync.hints import consume_hints
 from sync.metrics import HubMetrics
 from sync.orders import OrderPuller
 from sync.outbox import Dispatcher, RetrySchedule
+from sync.reconcile import reconcile_inventory
 from sync.runtime import replica_name
 from sync.stock import read_stock
 
@@ -56,6 +65,16 @@ TMC_BATCH = 100
 FIRST_STOCK_WAIT = 30.0
 """Seconds the first routing waits for the first stock reading (a WMS that is down must not
 stop routing for long)."""
+
+
+async def wait_first(*events: asyncio.Event) -> None:
+    """Until any of `events` is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def holder_is_dead(holder: str) -> bool:
@@ -90,6 +109,7 @@ class Daemon:
         metrics: HubMetrics | None = None,
         marketplace_for: Callable[[ShopConfig], Marketplace] = registry_marketplace_for,
         wms_for: Callable[[WarehouseConfig], Wms] = registry_wms_for,
+        erp_for: Callable[[Settings], Erp] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
@@ -102,10 +122,19 @@ class Daemon:
         self._wms_for = wms_for
         self._markets: dict[str, Marketplace] = {}
         self._pullers: dict[str, OrderPuller] = {}
-        self._effects = Effects(store, settings, wms_for=wms_for, marketplace_for=marketplace_for)
+        self._effects = Effects(
+            store,
+            settings,
+            wms_for=wms_for,
+            marketplace_for=marketplace_for,
+            on_stock_pushed=self.metrics.stock_values_pushed,
+        )
+        self._erp_effects = ErpEffects(
+            store, settings, wms_for=wms_for, erp_for=erp_for, observe=self.metrics.erp_call
+        )
         self._dispatcher = Dispatcher(
             store,
-            self._effects.handlers(),
+            {**self._effects.handlers(), **self._erp_effects.handlers()},
             owner=self.owner,
             schedule=RetrySchedule.from_config(self.options),
             per_target=self.options.per_target,
@@ -124,6 +153,9 @@ class Daemon:
         self._stock_read = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._started = False
+        self.halted = asyncio.Event()
+        """Set when the daemon must stop on its own (it lost its SQLite replica lease)."""
+        self.lost = ""
 
     # --- HubControl ----------------------------------------------------------------------
 
@@ -176,6 +208,23 @@ class Daemon:
         self._every("route", self.options.route_interval, self._route, first=now)
         if self.settings.warehouses:
             self._every("stock", self.options.stock_interval, self._stock, first=now)
+        for warehouse in self.settings.warehouses:
+            interval = self.options.inventory_reconcile_interval
+            self._every(
+                f"reconcile-inventory:{warehouse.code}",
+                interval,
+                self._reconcile_job(warehouse.code),
+                first=now + interval,  # after the first stock reading, not beside it
+            )
+        if self.settings.warehouses and self.settings.shops:
+            self._every(
+                STOCK_SYNC_JOB,
+                self.options.stock_sync_interval,
+                self._stock_sync,
+                first=now + self.options.stock_sync_interval,
+            )
+        if self.settings.erp is not None:
+            self._every("erp-purchase", self.settings.erp.poll_interval, self._erp_poll, first=now)
         self._every("tokens", timedelta(hours=1), self._check_tokens, first=now)
         self._scheduler.start()
         self._background = [
@@ -225,6 +274,7 @@ class Daemon:
                 leases = await tx.release_leases(self.owner)
             log.info("leases and claims released", leases=leases)
         await self._effects.aclose()
+        await self._erp_effects.aclose()
         for market in self._markets.values():
             await market.aclose()
         log.info("daemon stopped")
@@ -233,9 +283,11 @@ class Daemon:
         """`start()`, wait for `stop`, `stop()`."""
         await self.start()
         try:
-            await stop.wait()
+            await wait_first(stop, self.halted)
         finally:
             await self.stop()
+        if self.halted.is_set():
+            raise HubError(self.lost)
 
     # --- scheduling ----------------------------------------------------------------------
 
@@ -372,7 +424,13 @@ class Daemon:
                 log.warning("replica lease renewal failed", error=str(exc))
                 continue
             if not kept:
-                log.error("another daemon took this SQLite database's replica lease")
+                self.lost = (
+                    "another `ecomhub run` took this SQLite database's replica lease; "
+                    "stopping (SQLite is the single-node store)"
+                )
+                log.error(self.lost)
+                self.halted.set()
+                return
 
     # --- the jobs ------------------------------------------------------------------------
 
@@ -452,6 +510,39 @@ class Daemon:
         log.info("stock read", skus=reading.warehouses, failed=reading.failed)
         if reading.warehouses:
             self.request_route()  # orders held for no stock may fit now
+            if self.settings.shops:  # cheap: only changed values are enqueued
+                self._trigger(STOCK_SYNC_JOB, self._stock_sync)
+
+    async def _stock_sync(self) -> None:
+        result = await sync_channel_stock(
+            self.settings,
+            self.store,
+            lambda shop: self._marketplace(shop.code),
+            close_markets=False,
+        )
+        for shop in result.shops:
+            if shop.values:
+                self.metrics.stock_values_enqueued(shop.shop, shop.values)
+        if result.messages:
+            self.wake_dispatcher()
+
+    def _reconcile_job(self, warehouse: str) -> Callable[[], Awaitable[None]]:
+        async def work() -> None:
+            report = await reconcile_inventory(self.settings, self.store, warehouse, self._wms_for)
+            self.metrics.reconciled(report)
+
+        return work
+
+    async def _erp_poll(self) -> None:
+        poll = await poll_purchase_orders(
+            self.store,
+            self.settings,
+            self._erp_effects.erp(),
+            owner=self.owner,
+            observe=self.metrics.erp_call,
+        )
+        if poll.new:
+            self.wake_dispatcher()
 
     def _tmc_job(self, shop: ShopConfig) -> Callable[[], Awaitable[None]]:
         async def work() -> None:

@@ -6,7 +6,10 @@ it, and sent by the dispatcher through the handlers built here:
     route (PAID, review passed)  → delivery orders (reserve stock) + `wms.create`
     close / refund before ship   → `wms.cancel` (a pending create of the same order is superseded)
     WMS confirm callback         → shipment, stock change, delivery order shipped + `platform.ship`
-                                   (+ `tracking.subscribe` of its waybill when `[kuaidi100]` is set)
+                                   (+ `tracking.subscribe` of its waybill when `[kuaidi100]` is set,
+                                   + `erp.sales_outbound` when `[erp]` is: `sync.erp`)
+    WMS inbound confirm          → `sync.erp.apply_inbound` (stock, and a receipt for the ERP)
+    stock sync (sync.channel_stock) → `platform.stock` (its handler lives there)
     courier tracking push        → the shipment delivered / refused (`apply_tracking`)
 
 Exactly once. The WMS does not deduplicate creates, so a create that may have been sent before
@@ -57,6 +60,8 @@ from models.domain import (
     SyncError,
 )
 from models.store import NewDeliveryOrder, Store, TrackingMove, Tx, to_fen
+from sync.channel_stock import PLATFORM_STOCK, StockPusher
+from sync.erp import apply_inbound, record_sales_outbound
 from sync.mapping import SkuResolver
 from sync.outbox import Handler, maybe_sent
 from sync.review import load_resolver
@@ -266,17 +271,7 @@ async def apply_callback(tx: Tx, settings: Settings, warehouse: str, callback: A
     if isinstance(callback, ShipmentConfirm):
         return await _apply_shipment(tx, settings, warehouse, callback)
     if isinstance(callback, InboundConfirm):
-        applied = 0
-        for line in callback.lines:
-            applied += await tx.apply_stock_change(
-                warehouse,
-                callback.out_biz_code,
-                line.sku,
-                line.received,
-                order_code=callback.entry_order_code,
-                order_type="CGRK",
-            )
-        return "inbound applied" if applied else "inbound repeated"
+        return await apply_inbound(tx, settings, warehouse, callback)
     changes: Sequence[StockChange] = callback
     applied = 0
     for change in changes:
@@ -311,8 +306,12 @@ async def _apply_shipment(
     # done, and must not be sent again.
     if await tx.settle_outbox(f"{WMS_CREATE}:{code}", "settled: the WMS confirmed the shipment"):
         log.info("create settled by the WMS's shipment confirm", code=code)
-    shipped = confirm.shipped_lines or tuple((sku, qty) for _, sku, qty, _ in delivery.lines)
-    for sku, qty in shipped:
+    # Summed per SKU: the ledger applies one change per (outBizCode, SKU), so two lines of one
+    # SKU would otherwise lose the second.
+    shipped: dict[str, int] = {}
+    for sku, qty in confirm.shipped_lines or [(sku, qty) for _, sku, qty, _ in delivery.lines]:
+        shipped[sku] = shipped.get(sku, 0) + qty
+    for sku, qty in shipped.items():
         await tx.apply_stock_change(
             warehouse, shipment.out_biz_code, sku, -qty, order_code=code, order_type="JYCK"
         )
@@ -330,6 +329,16 @@ async def _apply_shipment(
             HoldReason.AFTER_SALES,
             f"{code} shipped before its cancel reached the WMS",
         )
+    await record_sales_outbound(
+        tx,
+        settings,
+        code=code,
+        shop=order.shop,
+        platform_order_id=order.platform_order_id,
+        warehouse=delivery.warehouse,
+        lines=delivery.lines,
+        shipped_at=shipment.shipped_at,
+    )
     line_ids = tuple(order.lines[n - 1].line_id for n, _, _, _ in delivery.lines)
     await tx.enqueue(
         [
@@ -429,8 +438,10 @@ class Effects:
         wms_for: Callable[[WarehouseConfig], Wms],
         marketplace_for: Callable[[ShopConfig], Marketplace],
         tracker_for: Callable[[Settings], Tracker] = registry_tracker_for,
+        on_stock_pushed: Callable[[str, int], None] | None = None,
     ) -> None:
         self.store = store
+        self.push_stock = StockPusher(store, self.marketplace, on_stock_pushed)
         self.settings = settings
         self._wms_for = wms_for
         self._marketplace_for = marketplace_for
@@ -445,6 +456,7 @@ class Effects:
             WMS_CANCEL: self.cancel,
             PLATFORM_SHIP: self.ship,
             TRACKING_SUBSCRIBE: self.subscribe_tracking,
+            PLATFORM_STOCK: self.push_stock,
         }
 
     def wms(self, warehouse: str) -> Wms:

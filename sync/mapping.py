@@ -27,14 +27,33 @@ class SkuResolver:
 
     def resolve(self, shop: str, line: OrderLine) -> list[ResolvedLine] | None:
         """The master SKUs one line ships as (bundles expanded), or None when it is unknown."""
-        if line.merchant_code in self._skus:
-            return self._expand(line.merchant_code, line.qty)
-        mapping = self._mapping(shop, line.platform_sku_id) or self._mapping(
-            shop, line.merchant_code
-        )
+        return self.resolve_key(shop, line.platform_sku_id, line.merchant_code, line.qty)
+
+    def resolve_key(
+        self, shop: str, platform_sku_id: str, merchant_code: str, qty: int = 1
+    ) -> list[ResolvedLine] | None:
+        """`resolve` for a listing's keys: what `qty` units of it ship as, or None."""
+        master = self.master_of(shop, platform_sku_id, merchant_code)
+        if master is None:
+            return None
+        return self._expand(master[0], qty * master[1])
+
+    def master_of(
+        self, shop: str, platform_sku_id: str, merchant_code: str
+    ) -> tuple[str, int] | None:
+        """(master SKU, units of it per platform unit) before bundle expansion, or None."""
+        if merchant_code in self._skus:
+            return merchant_code, 1
+        mapping = self._mapping(shop, platform_sku_id) or self._mapping(shop, merchant_code)
         if mapping is None or mapping.sku not in self._skus:
             return None
-        return self._expand(mapping.sku, line.qty * mapping.qty)
+        return mapping.sku, mapping.qty
+
+    def expand(self, sku: str, qty: int = 1) -> list[ResolvedLine] | None:
+        """`qty` units of master SKU `sku` as the SKUs that ship (bundles expanded), or None."""
+        if sku not in self._skus:
+            return None
+        return self._expand(sku, qty)
 
     def _expand(self, sku: str, qty: int) -> list[ResolvedLine] | None:
         master = self._skus[sku]

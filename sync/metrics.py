@@ -31,8 +31,9 @@ from prometheus_client import (
 )
 
 from config import Settings
-from models.domain import OutboxMessage, SyncRun
+from models.domain import OutboxMessage, ReconciliationReport, SyncRun
 from models.store import Store
+from sync.erp import ERP_TARGET
 
 log = structlog.get_logger("ecomhub.sync.metrics")
 
@@ -94,6 +95,39 @@ class HubMetrics:
             "ecomhub_webhook_deliveries_total",
             "Inbound webhook deliveries by outcome: accepted, duplicate, rejected, error.",
             ["source", "outcome"],
+            registry=r,
+        )
+        self.stock_enqueued = Counter(
+            "ecomhub_stock_values_enqueued_total",
+            "Channel stock values written to the outbox (changed since the last push, or all on a "
+            "full sync).",
+            ["shop"],
+            registry=r,
+        )
+        self.stock_pushed = Counter(
+            "ecomhub_stock_values_pushed_total",
+            "Channel stock values the marketplace accepted.",
+            ["shop"],
+            registry=r,
+        )
+        self.reconciliation_differences = Gauge(
+            "ecomhub_reconciliation_differences",
+            "Rows of each kind in the latest reconciliation report of a subject made by this "
+            "replica (subject: warehouse for inventory, carrier for freight bills).",
+            ["report", "subject", "kind"],
+            registry=r,
+        )
+        self.erp_calls = Counter(
+            "ecomhub_erp_calls_total",
+            "ERP calls (after the transport's retries) by operation and outcome: ok, transient, "
+            "rate_limited, ambiguous, auth, rejected, bad_payload.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.erp_failures = Counter(
+            "ecomhub_erp_failures_total",
+            "ERP calls that failed (every outcome but ok).",
+            ["operation"],
             registry=r,
         )
         self.job_duration = Histogram(
@@ -177,9 +211,31 @@ class HubMetrics:
         if outcome != "done":
             self.outbox_failures.labels(message.target, message.kind).inc()
 
+    def stock_values_enqueued(self, shop: str, count: int) -> None:
+        """A stock sync wrote `count` values of `shop` to the outbox."""
+        self.stock_enqueued.labels(shop).inc(count)
+
+    def stock_values_pushed(self, shop: str, count: int) -> None:
+        """`sync.channel_stock.StockPusher`'s `on_pushed`: the marketplace took `count` values."""
+        self.stock_pushed.labels(shop).inc(count)
+
+    def erp_call(self, operation: str, outcome: str) -> None:
+        """`sync.erp`'s `observe`: one ERP call ended `ok` or failed with `outcome`."""
+        self.erp_calls.labels(operation, outcome).inc()
+        if outcome != "ok":
+            self.erp_failures.labels(operation).inc()
+
     def webhook(self, source: str, outcome: str) -> None:
         """One inbound delivery: `accepted`, `duplicate`, `rejected` or `error`."""
         self.webhooks.labels(source, outcome).inc()
+
+    def reconciled(self, report: ReconciliationReport) -> None:
+        """A reconciliation report was stored: its counts by kind (0 for kinds it lacks)."""
+        counts = report.totals.get("by_kind", {})
+        for kind, count in counts.items():
+            self.reconciliation_differences.labels(report.kind.value, report.subject, kind).set(
+                count
+            )
 
     def job_finished(self, job: str, seconds: float, outcome: str) -> None:
         """A scheduled job ended `ok`, `failed` or `skipped` (lease held elsewhere)."""
@@ -209,6 +265,8 @@ class HubMetrics:
         self.store_up.set(1)
         self._config_gauges(settings, now)
         targets = {w.code for w in settings.warehouses} | set(shops)
+        if settings.erp is not None:
+            targets.add(ERP_TARGET)
         dead: dict[str, int] = dict.fromkeys(targets, 0)
         for d in depth:
             dead[d.target] = dead.get(d.target, 0) + d.dead

@@ -13,6 +13,8 @@ from models.clock import Clock
 from models.db import safe_url
 from models.domain import SyncRun
 from models.store import Store
+from sync.channel_stock import PLATFORM_STOCK, StockSync, stock_lease, sync_channel_stock
+from sync.erp import ErpEffects
 from sync.errors import DatabaseNotReady
 from sync.fulfilment import Effects, RoutingStats, route_all
 from sync.orders import OrderPuller, PullProgress
@@ -97,13 +99,18 @@ def replica_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def erp_effects_for(settings: Settings, store: Store) -> ErpEffects:
+    return ErpEffects(store, settings, wms_for=lambda warehouse: registry_wms_for(warehouse))
+
+
 async def push_once(settings: Settings, store: Store, owner: str | None = None) -> DrainStats:
     """Drain the outbox once: everything due now is sent (or scheduled for a retry)."""
     effects = effects_for(settings, store)
+    erp_effects = erp_effects_for(settings, store)
     try:
         dispatcher = Dispatcher(
             store,
-            effects.handlers(),
+            {**effects.handlers(), **erp_effects.handlers()},
             owner=owner or replica_name(),
             schedule=RetrySchedule.from_config(settings.daemon),
             per_target=settings.daemon.per_target,
@@ -111,3 +118,30 @@ async def push_once(settings: Settings, store: Store, owner: str | None = None) 
         return await dispatcher.drain_once()
     finally:
         await effects.aclose()
+        await erp_effects.aclose()
+
+
+async def stock_sync_once(
+    settings: Settings,
+    store: Store,
+    shops: Sequence[ShopConfig] | None = None,
+    *,
+    full: bool = False,
+    owner: str | None = None,
+) -> tuple[StockSync, DrainStats, int]:
+    """One channel stock sync now (under the daemon's `stock-sync` lease), then one outbox drain
+    so the values reach the marketplaces. Returns the sync, the drain, and how many stock
+    messages are still unsent afterwards (waiting for a retry, or dead letters)."""
+    owner = owner or replica_name()
+    async with stock_lease(store, owner, settings.daemon.lease_ttl):
+        result = await sync_channel_stock(
+            settings, store, lambda shop: registry_marketplace_for(shop), shops=shops, full=full
+        )
+    sent = await push_once(settings, store, owner)
+    codes = {s.code for s in shops} if shops is not None else {s.code for s in settings.shops}
+    async with store.transaction() as tx:
+        depth = await tx.outbox_depth()
+    unsent = sum(
+        d.pending + d.dead for d in depth if d.kind == PLATFORM_STOCK and d.target in codes
+    )
+    return result, sent, unsent

@@ -17,9 +17,12 @@ import httpx
 from config import Settings, load_settings
 from models.db import create_engine, upgrade
 from models.domain import DeliveryState, OutboxStatus
-from models.store import Store
+from models.store import DocumentState, PurchaseState, Store
+from sandbox.k3cloud import RECEIPT, SALES_OUTBOUND
+from sandbox.qimen import ENTRY_CONFIRM
 from sandbox.server import Sandbox
 from sync.catalog import import_catalog
+from sync.erp import ERP_KINDS
 from sync.orders import LIVE_STREAM
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
@@ -234,3 +237,112 @@ class HubProcess:
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+# --- ERP ---------------------------------------------------------------------------------------
+
+
+def _erp_purchase_orders(sb: Sandbox) -> set[str]:
+    """The sandbox ERP's purchase orders a poll must pick up: audited, and open (or closed by
+    the hub's own receipts — the seeded closed ones have received nothing)."""
+    return {
+        p.number
+        for p in sb.k3cloud.purchase_orders
+        if p.document_status == "C"
+        and (p.close_status == "A" or any(e.stock_in_qty for e in p.entries))
+    }
+
+
+async def _shipped_codes(hub: Store) -> dict[str, str]:
+    """Shipped delivery orders: code → warehouse."""
+    async with hub.transaction() as tx:
+        return {
+            d["code"]: d["warehouse"]
+            async for s in tx.iter_orders()
+            for d in s.delivery_orders
+            if d["state"] == DeliveryState.SHIPPED.value
+        }
+
+
+async def erp_settled(sb: Sandbox, hub: Store) -> bool:
+    """Every purchase order the ERP holds reached the hub, was received in full and has its
+    receipts in the ERP; every shipped delivery order has its sales document in the ERP."""
+    wanted = _erp_purchase_orders(sb)
+    shipped = await _shipped_codes(hub)
+    async with hub.transaction() as tx:
+        known = await tx.known_purchase_orders(sorted(wanted))
+        summary = await tx.erp_summary()
+        messages = [m for m in await tx.outbox_messages() if m.kind in ERP_KINDS]
+    return (
+        known == wanted
+        and set(summary.purchase_orders) <= {PurchaseState.RECEIVED.value}
+        and set(summary.receipts) <= {DocumentState.SAVED.value}
+        and set(summary.sales_outbounds) <= {DocumentState.SAVED.value}
+        and summary.sales_outbounds.get(DocumentState.SAVED.value, 0) == len(shipped)
+        and not any(c.method == ENTRY_CONFIRM for c in sb.qimen.pending_callbacks)
+        and all(m.status == OutboxStatus.DONE for m in messages)
+    )
+
+
+async def check_erp_exactly_once(sb: Sandbox, hub: Store) -> None:
+    """No ERP-flow document twice, none missing: each purchase order became one inbound notice
+    in the WMS; each WMS receipt one STK_InStock linked to the order's lines, adding up to what
+    arrived; each shipped delivery order one SAL_OUTSTOCK with what the WMS shipped."""
+    wanted = _erp_purchase_orders(sb)
+    notices = Counter(e.code for e in sb.qimen.entry_creates)
+    assert set(notices) == wanted, (
+        f"notices for unknown orders {sorted(set(notices) - wanted)[:5]}, "
+        f"orders never notified {sorted(wanted - set(notices))[:5]}"
+    )
+    assert not notices or set(notices.values()) == {1}, (
+        f"an inbound notice was sent twice: {notices}"
+    )
+    receipts = sb.k3cloud.documents_of(RECEIPT)
+    receipt_numbers = Counter(d.number for d in receipts)
+    assert not receipt_numbers or set(receipt_numbers.values()) == {1}, (
+        "a receipt was saved twice in the ERP"
+    )
+    hub_receipts: set[str] = set()
+    async with hub.transaction() as tx:
+        for number in sorted(wanted):
+            order = await tx.purchase_order(number)
+            assert order is not None
+            mine = await tx.receipts_of(number)
+            hub_receipts.update(r.number for r in mine)
+            entry = next(e for e in sb.qimen.entry_creates if e.code == number)
+            assert len(mine) == len(entry.receipts), (
+                f"{number}: {len(entry.receipts)} WMS receipts, {len(mine)} in the hub"
+            )
+            erp_order = next(p for p in sb.k3cloud.purchase_orders if p.number == number)
+            for line in erp_order.entries:
+                wms_line = next(x for x in entry.lines if x.line_no == str(line.entry_id))
+                in_erp = sum(
+                    e["qty"]
+                    for d in receipts
+                    for e in d.entries
+                    if e["link"] == [erp_order.fid, line.entry_id]
+                )
+                hub_line = next(x for x in order.lines if x.entry_id == str(line.entry_id))
+                assert in_erp == wms_line.actual_qty == line.stock_in_qty == hub_line.received, (
+                    f"{number}/{line.entry_id}: the WMS received {wms_line.actual_qty}, "
+                    f"the ERP has {in_erp} ({line.stock_in_qty} written back), "
+                    f"the hub {hub_line.received}"
+                )
+    assert set(receipt_numbers) == hub_receipts, "a receipt is missing from the ERP"
+    sales = Counter(d.number for d in sb.k3cloud.documents_of(SALES_OUTBOUND))
+    shipped = await _shipped_codes(hub)
+    assert set(sales) == set(shipped), (
+        f"sales documents for unshipped orders {sorted(set(sales) - set(shipped))[:5]}, "
+        f"shipped orders without one {sorted(set(shipped) - set(sales))[:5]}"
+    )
+    assert not sales or set(sales.values()) == {1}, "a sales document was saved twice"
+    for document in sb.k3cloud.documents_of(SALES_OUTBOUND):
+        wms = sb.qimen.order(shipped[document.number], document.number)
+        assert wms is not None
+        expected: Counter[str] = Counter()
+        for shipped_line in wms.lines:
+            expected[shipped_line.item_code] += shipped_line.actual_qty
+        got: Counter[str] = Counter()
+        for row in document.entries:
+            got[row["material"]] += row["qty"]
+        assert got == expected, f"{document.number}: shipped {expected}, the ERP has {got}"

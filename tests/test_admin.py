@@ -87,6 +87,13 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
         None,
     ),
     ("GET", "/admin/status", "/admin/status", None),
+    ("GET", "/admin/reconciliation/reports", "/admin/reconciliation/reports", None),
+    (
+        "GET",
+        "/admin/reconciliation/reports/{report_id}",
+        "/admin/reconciliation/reports/1",
+        None,
+    ),
 ]
 ROUTE_IDS = [f"{method} {template}" for method, template, _, _ in ROUTES]
 

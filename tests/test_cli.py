@@ -97,19 +97,10 @@ def test_upgrade_status_catalog_export(config: Path, tmp_path: Path) -> None:
     assert release.returncode == 1 and "is not held" in release.stderr
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["sync", "inventory"],
-        ["sync", "erp"],
-        ["reconcile", "inventory", "--warehouse", "WH-EAST"],
-        ["reconcile", "logistics", "--carrier", "SF", "--bill", "x.csv"],
-    ],
-)
-def test_commands_not_built_yet_say_so_and_exit_1(config: Path, command: list[str]) -> None:
-    proc = ecomhub(config, *command)
-    assert proc.returncode == 1
-    assert "not built yet" in proc.stderr and "Traceback" not in proc.stderr
+def test_sync_erp_without_an_erp_section_is_a_config_error(config: Path) -> None:
+    proc = ecomhub(config, "sync", "erp")
+    assert proc.returncode == 2
+    assert "[erp]" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_run_refuses_a_database_behind_the_code(config: Path) -> None:

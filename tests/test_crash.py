@@ -2,7 +2,10 @@
 ambiguous WMS creates and cancels, duplicate callbacks, live refunds), killed with SIGKILL at
 random points 20 times and restarted each time. At the end every order the marketplaces hold is
 stored, each delivery order was created in the WMS once, each order closed before it shipped was
-cancelled there, and each waybill reached its marketplace once — the one the WMS gave.
+cancelled there, and each waybill reached its marketplace once — the one the WMS gave. The ERP
+flows run alongside (the sandbox's K3Cloud with lost sessions and lost save answers): each
+purchase order reached the WMS as one inbound notice, each WMS receipt became one receipt in the
+ERP, each shipped delivery order one sales document — none twice, none missing.
 
 `ECOMHUB_CRASH_SEEDS` (comma-separated) runs other seeds; `ECOMHUB_CRASH_KILLS` more kills.
 """
@@ -22,8 +25,10 @@ from sandbox.server import Sandbox
 from tests.e2e import (
     HubProcess,
     caught_up,
+    check_erp_exactly_once,
     check_exactly_once,
     diagnose,
+    erp_settled,
     everything_settled,
     poll,
     prepared_hub,
@@ -40,6 +45,7 @@ FAST = {
     "ECOMHUB_SHOPS__1__POLL_INTERVAL": "1s",
     "ECOMHUB_DAEMON__ROUTE_INTERVAL": "1s",
     "ECOMHUB_DAEMON__STOCK_INTERVAL": "5s",
+    "ECOMHUB_ERP__POLL_INTERVAL": "2s",
     "ECOMHUB_DAEMON__LEASE_TTL": "5s",
     "ECOMHUB_DAEMON__CLAIM_TTL": "15s",
     # Every killed life's claims count as attempts: keep the schedule short so the backoff
@@ -75,8 +81,10 @@ async def crash_and_recover(seed: int, database_url: str, tmp_path: Path) -> Non
             await asyncio.sleep(settings.shops[0].effective_lag.total_seconds())
 
             async def settled() -> bool:
-                return await caught_up(store, settings, stood_still) and await everything_settled(
-                    store
+                return (
+                    await caught_up(store, settings, stood_still)
+                    and await everything_settled(store)
+                    and await erp_settled(sb, store)
                 )
 
             assert await poll(settled, 120), await diagnose(store, sb) + "\n" + hub.tail()
@@ -86,6 +94,7 @@ async def crash_and_recover(seed: int, database_url: str, tmp_path: Path) -> Non
                 stored = {(s.order.shop, s.order.platform_order_id) async for s in tx.iter_orders()}
             assert truth == stored, f"missing {sorted(truth - stored)[:5]}"
             await check_exactly_once(sb, store)
+            await check_erp_exactly_once(sb, store)
         finally:
             if hub.proc is not None and hub.proc.returncode is None:
                 await hub.kill()

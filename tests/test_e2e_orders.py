@@ -56,6 +56,10 @@ SEEDS = [int(s) for s in os.environ.get("ECOMHUB_E2E_SEEDS", "11,23,37").split("
 async def test_adversarial_pull_stores_exactly_the_world(
     seed: int, store: Store, database_url: str, tmp_path: Path
 ) -> None:
+    if store.backend == "postgresql" and seed != SEEDS[0]:
+        # The engine is the same on both backends; the store's SQL is what differs, and one
+        # adversarial world exercises it (the suite's time goes to more seeds on SQLite).
+        pytest.skip("PostgreSQL runs the first seed only")
     async with Sandbox(
         seed=seed, profile="adversarial", rate=25.0, backlog=400, backlog_days=1.5
     ) as sandbox:

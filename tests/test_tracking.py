@@ -315,7 +315,6 @@ async def test_waybills_confirmed_by_the_wms_are_tracked_to_the_end(
         hub = Store.open(database_url)
         try:
             app = create_app(settings, hub)
-            app.include_router(kuaidi100_router(settings, hub))
             async with serve(app, port=port):
                 await import_catalog(hub, settings, write_catalog(sb, tmp_path / "catalog.csv"))
                 await pull_shops(settings, hub, settings.shops)

@@ -416,7 +416,7 @@ async def test_read_timeout_on_ship_is_ambiguous(jd: JdMarketplace, jos: FakePla
 
 
 async def test_listings_come_from_the_sku_search(jd: JdMarketplace, jos: FakePlatform) -> None:
-    jd.page_size = 2
+    jd.sku_page_size = 2
 
     def page(rows: list[dict[str, Any]]) -> dict[str, Any]:
         body = {"page": {"data": rows, "totalItem": 3, "pageNo": 1, "pageSize": 2}, "code": "0"}

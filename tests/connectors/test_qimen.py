@@ -12,7 +12,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from config.settings import WarehouseConfig
+from config.settings import SenderConfig, WarehouseConfig
 from connectors.base import (
     CancelOutcome,
     DeliveryLine,
@@ -267,6 +267,38 @@ async def test_signer_puts_system_params_in_the_query_and_signs_query_and_body()
 # --- create ----------------------------------------------------------------------------------
 
 
+async def test_create_sends_the_configured_sender(
+    qimen: FakeQimen, router: respx.MockRouter, sleeps: Sleeps
+) -> None:
+    sender = SenderConfig(
+        name="杭州东仓",
+        mobile="0571-88880000",
+        province="浙江",
+        city="杭州市",
+        detail="余杭区仓前街道1号",
+    )
+    connector = QimenWms(
+        warehouse(sender=sender),
+        clock=clock(),
+        policy=NO_JITTER,
+        transport=httpx.MockTransport(router.async_handler),
+        sleep=sleeps,
+    )
+    qimen.on(CREATE, answer(extra="<deliveryOrderId>DO1</deliveryOrderId>"))
+    try:
+        await connector.create_delivery_order(order_request())
+    finally:
+        await connector.aclose()
+    [(_, body)] = qimen.calls
+    assert fields(body.find("deliveryOrder/senderInfo")) == {
+        "name": "杭州东仓",
+        "mobile": "0571-88880000",
+        "province": "浙江",
+        "city": "杭州市",
+        "detailAddress": "余杭区仓前街道1号",
+    }
+
+
 async def test_create_sends_every_required_field(qimen: FakeQimen, wms: QimenWms) -> None:
     qimen.on(CREATE, answer(extra="<deliveryOrderId>DO0000000042</deliveryOrderId>"))
     assert await wms.create_delivery_order(order_request()) == "DO0000000042"
@@ -468,7 +500,7 @@ async def test_read_timeout_is_the_warehouse_timeout() -> None:
         ("NEW", WmsOrderState.OPEN),
         ("ACCEPT", WmsOrderState.OPEN),
         ("EXCEPTION", WmsOrderState.OPEN),
-        ("REJECT", WmsOrderState.OPEN),
+        ("REJECT", WmsOrderState.CANCELLED),
         ("CANCELEDFAIL", WmsOrderState.OPEN),
         ("DELIVERED", WmsOrderState.SHIPPED),
         ("PARTDELIVERED", WmsOrderState.SHIPPED),
