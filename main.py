@@ -248,6 +248,9 @@ def demo(
     seconds: Annotated[float, typer.Option(help="Stop after N seconds.")] = 30.0,
     rate: Annotated[float, typer.Option(help="Live orders per second in the sandbox.")] = 4.0,
     seed: Annotated[int, typer.Option(help="Sandbox world seed.")] = 1,
+    backlog: Annotated[
+        int, typer.Option(help="Orders the marketplaces already hold when the demo starts.")
+    ] = 300,
     directory: Annotated[
         Path, typer.Option("--dir", help="Where the demo's config and SQLite file go.")
     ] = Path("demo-data"),
@@ -256,10 +259,15 @@ def demo(
     directory.mkdir(parents=True, exist_ok=True)
     for leftover in directory.glob("ecomhub.db*"):  # each demo starts from an empty store
         leftover.unlink()
-    execute(ctx, run_demo(seconds=seconds, rate=rate, seed=seed, directory=directory))
+    execute(
+        ctx,
+        run_demo(seconds=seconds, rate=rate, seed=seed, backlog=backlog, directory=directory),
+    )
 
 
-async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -> None:
+async def run_demo(
+    *, seconds: float, rate: float, seed: int, backlog: int, directory: Path
+) -> None:
     from rich.live import Live
 
     from api.app import create_app
@@ -274,7 +282,7 @@ async def run_demo(*, seconds: float, rate: float, seed: int, directory: Path) -
         seed=seed,
         profile="calm",
         rate=rate,
-        backlog=300,
+        backlog=backlog,
         backlog_days=1.0,
         ship_delay=1.0,
         purchase_every=10.0,  # the ERP audits a new purchase order now and then

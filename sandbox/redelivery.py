@@ -15,6 +15,9 @@ import httpx
 
 TICK = 0.02
 """How often the loop looks for due deliveries (seconds)."""
+PARALLEL = 8
+"""Callbacks in flight at once: real WMSs and couriers push from several workers, so the hub
+must take them concurrently and in any order."""
 
 
 class Outgoing(Protocol):
@@ -34,10 +37,13 @@ async def deliver_until_acknowledged(
     *,
     request_timeout: float,
     backoff: tuple[float, float],
+    parallel: int = PARALLEL,
 ) -> None:
-    """Run forever: post every due item (oldest first); `post` returns None on success or the
-    error text, after which the item waits `first · 2ⁿ` seconds, at most `cap`."""
+    """Run forever: post every due item (oldest first, up to `parallel` at once, as a real
+    system's sender pool does); `post` returns None on success or the error text, after which
+    the item waits `first · 2ⁿ` seconds, at most `cap`."""
     first, cap = backoff
+    in_flight = asyncio.Semaphore(parallel)
     async with httpx.AsyncClient(timeout=request_timeout) as client:
         while True:
             now = time.monotonic()
@@ -45,15 +51,19 @@ async def deliver_until_acknowledged(
                 (item for item in items if not item.delivered and item.next_at <= now),
                 key=lambda item: (item.next_at, item.seq),
             )
-            for item in due:
-                item.attempts += 1
-                error = await post(client, item)
+
+            async def deliver(item: T) -> None:
+                async with in_flight:
+                    item.attempts += 1
+                    error = await post(client, item)
                 if error is None:
                     item.delivered = True
                     item.last_error = ""
                 else:
                     item.last_error = error
                     item.next_at = time.monotonic() + min(cap, first * 2 ** (item.attempts - 1))
+
+            await asyncio.gather(*(deliver(item) for item in due))
             await asyncio.sleep(TICK)
 
 

@@ -309,7 +309,9 @@ class Daemon:
             id=name,
             name=name,
             next_run_time=first,
-            max_instances=1,
+            # `_run_job` keeps a job from overlapping itself (a tick during a run asks for one
+            # more run); a second instance only reaches it, so APScheduler never skips and warns.
+            max_instances=2,
             coalesce=True,
             misfire_grace_time=None,
         )

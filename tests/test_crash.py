@@ -7,10 +7,12 @@ flows run alongside (the sandbox's K3Cloud with lost sessions and lost save answ
 purchase order reached the WMS as one inbound notice, each WMS receipt became one receipt in the
 ERP, each shipped delivery order one sales document — none twice, none missing.
 
-`ECOMHUB_CRASH_SEEDS` (comma-separated) runs other seeds; `ECOMHUB_CRASH_KILLS` more kills.
+Two seeds run in the suite, side by side; `ECOMHUB_CRASH_SEEDS` (comma-separated) runs others
+(41,42,43 and 44–46 were run by hand when the test was written); `ECOMHUB_CRASH_KILLS` more kills.
 """
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -36,7 +38,7 @@ from tests.e2e import (
 
 pytestmark = pytest.mark.slow
 
-SEEDS = [int(s) for s in os.environ.get("ECOMHUB_CRASH_SEEDS", "41,42,43").split(",")]
+SEEDS = [int(s) for s in os.environ.get("ECOMHUB_CRASH_SEEDS", "41,42").split(",")]
 KILLS = int(os.environ.get("ECOMHUB_CRASH_KILLS", "20"))
 
 # Short loops so that 20 lives of a few seconds each see pulls, routes, sends and callbacks.
@@ -66,11 +68,18 @@ async def crash_and_recover(seed: int, database_url: str, tmp_path: Path) -> Non
         settings = load_settings(config, environ={})
         sb.hub_url = base
         hub = HubProcess(config, tmp_path / "hub.log", env=FAST)
+        working_lives = 0
         for _ in range(KILLS):
             await hub.start()
-            # Most lives end mid-work; some die while still starting up.
-            await asyncio.sleep(rng.uniform(0.5, 4.0))
+            if rng.random() < 0.2:  # some lives die while still starting up
+                await asyncio.sleep(rng.uniform(0.2, 2.0))
+            else:  # most end mid-work: pulling, routing, sending, taking callbacks
+                with contextlib.suppress(AssertionError):
+                    await hub.wait_ready(base, within=20)
+                    working_lives += 1
+                await asyncio.sleep(rng.uniform(0.05, 2.5))
             await hub.kill()
+        assert working_lives >= KILLS // 2, f"only {working_lives} lives got to work"
         await sb.stop_live()
         stood_still = sb.world.orders() and max(o.modified for o in sb.world.orders())
         assert stood_still
@@ -87,7 +96,7 @@ async def crash_and_recover(seed: int, database_url: str, tmp_path: Path) -> Non
                     and await erp_settled(sb, store)
                 )
 
-            assert await poll(settled, 120), await diagnose(store, sb) + "\n" + hub.tail()
+            assert await poll(settled, 240), await diagnose(store, sb) + "\n" + hub.tail()
             assert await hub.stop() == 0, hub.tail()
             truth = {(o.shop, str(o.order_id)) for o in sb.world.orders()}
             async with store.transaction() as tx:
