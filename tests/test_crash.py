@@ -8,7 +8,7 @@ purchase order reached the WMS as one inbound notice, each WMS receipt became on
 ERP, each shipped delivery order one sales document — none twice, none missing.
 
 Two seeds run in the suite, side by side; `ECOMHUB_CRASH_SEEDS` (comma-separated) runs others
-(41,42,43 and 44–46 were run by hand when the test was written); `ECOMHUB_CRASH_KILLS` more kills.
+(41, 42, 43 together, before the ERP joined the flow); `ECOMHUB_CRASH_KILLS` more kills.
 """
 
 import asyncio
