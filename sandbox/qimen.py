@@ -478,6 +478,13 @@ class QimenWms:
         """Sound (ZP) quantity on hand per item, locked quantities included."""
         return dict(self._warehouses[warehouse].on_hand)
 
+    def fill_stock(self, quantity: int) -> None:
+        """Set every item of every warehouse to `quantity` on hand (benchmarks: no order waits
+        for stock)."""
+        for wh in self._warehouses.values():
+            for item in list(wh.on_hand):
+                wh.on_hand[item] = quantity
+
     def locked(self, warehouse: str) -> dict[str, int]:
         return {k: v for k, v in self._warehouses[warehouse].locked.items() if v}
 
