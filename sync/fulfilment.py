@@ -195,8 +195,9 @@ async def route_ready(tx: Tx, settings: Settings, limit: int = 500) -> RoutingSt
     return stats
 
 
-async def route_all(store: Store, settings: Settings, batch: int = 500) -> RoutingStats:
-    """Route everything that is ready, a batch per transaction."""
+async def route_all(store: Store, settings: Settings, batch: int = 100) -> RoutingStats:
+    """Route everything that is ready, a batch per transaction (small batches: a routing
+    transaction holds SQLite's writer, and creates and callbacks wait behind it)."""
     total = RoutingStats()
     while True:
         async with store.transaction() as tx:
