@@ -113,12 +113,16 @@ async def check_exactly_once(sb: Sandbox, hub: Store) -> None:
         f"in the hub, never created: {sorted(set(codes) - set(created))[:5]}"
     )
     assert set(created.values()) == {1}, "a delivery order was created twice in the WMS"
+    # The marketplace must record each waybill once. A repeat it refuses as "already shipped"
+    # changes nothing there (decisions.md counts it done); the hub asks before re-sending, so
+    # repeats are rare, but a platform whose reads lag (JD's search) can still draw one.
     confirmations = Counter(
         (r.get("tid") or r.get("orderId"), r.get("out_sid") or r.get("logiNo"))
         for r in [*sb.top.shipments, *sb.jd.shipments]
+        if r.get("outcome") == "shipped"
     )
     assert not confirmations or set(confirmations.values()) == {1}, (
-        "a waybill was sent to a marketplace twice"
+        "a marketplace recorded a waybill twice"
     )
     wms_orders = {c.code: c for c in sb.qimen.creates}
     for s in stored:
