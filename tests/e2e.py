@@ -26,6 +26,8 @@ from sync.erp import ERP_KINDS
 from sync.orders import LIVE_STREAM
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
+REFUSED_AS_SHIPPED = {"B04", "order already shipped"}
+"""The sandbox marketplaces' record of a repeated ship confirm (TOP sub-code B04, JD's error)."""
 
 
 def write_hub_config(
@@ -124,6 +126,16 @@ async def check_exactly_once(sb: Sandbox, hub: Store) -> None:
     assert not confirmations or set(confirmations.values()) == {1}, (
         "a marketplace recorded a waybill twice"
     )
+    sent = Counter(
+        (r.get("tid") or r.get("orderId"), r.get("out_sid") or r.get("logiNo"))
+        for r in [*sb.top.shipments, *sb.jd.shipments]
+    )
+    for r in [*sb.top.shipments, *sb.jd.shipments]:
+        key = (r.get("tid") or r.get("orderId"), r.get("out_sid") or r.get("logiNo"))
+        if sent[key] > 1 and r.get("outcome") != "shipped":
+            # A repeat is only ever a re-send of a confirm that had arrived: never a different
+            # waybill, never a confirm the marketplace refused for another reason.
+            assert key in confirmations and r.get("outcome") in REFUSED_AS_SHIPPED, r
     wms_orders = {c.code: c for c in sb.qimen.creates}
     for s in stored:
         if not s.delivery_orders:
