@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn._types import ASGIApplication
 
 
 class _Server(uvicorn.Server):
@@ -17,9 +18,18 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
-    """Run `app` until the block ends; yields the bound port (port 0 picks a free one)."""
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+async def serve(
+    app: ASGIApplication | FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    graceful_shutdown: int | None = None,
+) -> AsyncIterator[int]:
+    """Run an ASGI `app` until the block ends; yields the bound port (port 0 picks a free one).
+    `graceful_shutdown` caps how long open connections may hold up the end of the block."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    config.timeout_graceful_shutdown = graceful_shutdown
+    server = _Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -1,17 +1,15 @@
 """The Kuaidi100 simulator over real HTTP on loopback, with a fake receiver for its pushes."""
 
-import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -19,38 +17,11 @@ from starlette.routing import Route
 
 from sandbox.faults import FaultInjector, FaultProfile
 from sandbox.kuaidi100 import Kuaidi100Sim
+from tests.loopback import serve_url, wait_for
 
 CUSTOMER = "CUST-1"
 KEY = "k100-key"
 SALT = "pepper"
-
-
-@asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[str]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="critical", lifespan="off", ws="none"
-    )
-    config.timeout_graceful_shutdown = 2
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 5
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        assert not task.done(), "uvicorn stopped"
-        await asyncio.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -130,7 +101,7 @@ async def running(
     )
     await sim.start()
     try:
-        async with serve(app) as url, httpx.AsyncClient() as client:
+        async with serve_url(app) as url, httpx.AsyncClient() as client:
             yield Env(sim, url, receiver, client)
     finally:
         await sim.stop()

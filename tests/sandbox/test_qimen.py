@@ -14,7 +14,6 @@ from xml.etree import ElementTree as ET
 import defusedxml.ElementTree as SafeET
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +22,7 @@ from starlette.routing import Route
 from sandbox.faults import FaultInjector, FaultProfile
 from sandbox.qimen import CONFIRM, ENTRY_CONFIRM, STOCK_REPORT, QimenWms, WarehouseSpec
 from sandbox.signing import qimen_sign
+from tests.loopback import serve_url, wait_for
 
 CST = timezone(timedelta(hours=8))
 WH = WarehouseSpec(
@@ -36,34 +36,6 @@ WH = WarehouseSpec(
 
 
 # --- loopback plumbing ---------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[str]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="critical", lifespan="off", ws="none"
-    )
-    config.timeout_graceful_shutdown = 2
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 5
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        assert not task.done(), "uvicorn stopped"
-        await asyncio.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -163,7 +135,7 @@ async def running(
     # One server hosts both the WMS and the fake hub: half the start/stop cost per test.
     app = Starlette(routes=[*wms.routes(), *hub.app().routes])
     try:
-        async with serve(app) as url, httpx.AsyncClient() as client:
+        async with serve_url(app) as url, httpx.AsyncClient() as client:
             if hub_online:
                 base[0] = url
             yield Env(wms, url, hub, client, lambda: base.__setitem__(0, url))
