@@ -35,9 +35,6 @@ WH = WarehouseSpec(
 )
 
 
-# --- loopback plumbing ---------------------------------------------------------------------------
-
-
 @dataclass
 class FakeHub:
     """Receives Qimen callbacks, checks their signature, fails the first `fail_first` of them."""
