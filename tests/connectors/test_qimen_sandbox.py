@@ -34,7 +34,7 @@ from models.domain import Address
 from sandbox.faults import FaultProfile
 from sandbox.server import Sandbox, WarehouseInfo
 from tests.connectors import NO_JITTER
-from tests.sandbox.test_qimen import serve, wait_for
+from tests.loopback import serve_url, wait_for
 
 
 def config_of(info: WarehouseInfo, **changes: object) -> WarehouseConfig:
@@ -105,7 +105,7 @@ class Env:
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
     receiver = Receiver()
-    async with serve(
+    async with serve_url(
         Starlette(routes=[Route("/qimen/{warehouse}", receiver.endpoint, methods=["POST"])])
     ) as hub_url:
         sandbox = Sandbox(
