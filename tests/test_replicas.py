@@ -94,9 +94,8 @@ async def test_three_replicas_share_the_work_once_and_survive_a_kill(
                         )
                     )
                 ).all()
-            assert {shop for shop, _ in later} == {s.code for s in settings.shops}, (
-                "pulls stopped after a replica died"
-            )
+            pulled = {shop for shop, _ in later if shop}  # ERP polls are runs of no shop
+            assert pulled == {s.code for s in settings.shops}, "pulls stopped after a replica died"
 
             await sb.stop_live()
             stood_still = max(o.modified for o in sb.world.orders())
