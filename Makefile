@@ -23,7 +23,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --maxprocesses 4 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -6,7 +6,6 @@ dropped. One loop serves both simulators, and `Loops` runs each simulator's back
 """
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
@@ -80,7 +79,11 @@ class Loops:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        if self._tasks:
+            # `asyncio.wait`, unlike `await task`, never mistakes a cancel of this caller for
+            # the loop's own: suppressing CancelledError there would swallow ours too.
+            await asyncio.wait(self._tasks)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            if not task.cancelled() and (crash := task.exception()) is not None:
+                raise crash

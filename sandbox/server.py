@@ -306,10 +306,11 @@ class Sandbox:
     async def stop_live(self) -> None:
         """Stop generating live orders: the world holds still (a test then compares the truth)."""
         if self._live_task is not None:
-            self._live_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._live_task
-            self._live_task = None
+            task, self._live_task = self._live_task, None
+            task.cancel()
+            await asyncio.wait([task])  # lets a cancel of the caller through, unlike `await task`
+            if not task.cancelled() and (crash := task.exception()) is not None:
+                raise crash
 
     async def stop(self) -> None:
         try:

@@ -360,8 +360,7 @@ async def stock_lease(
         yield
     finally:
         renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+        await asyncio.wait([renewer])  # lets a cancel of this job through, unlike `await renewer`
         async with store.transaction() as tx:
             await tx.release_lease(STOCK_SYNC_JOB, owner)
 

@@ -22,7 +22,6 @@ request); after that the run stops and the next pull resumes from the cursor. A 
 """
 
 import asyncio
-import contextlib
 import itertools
 import math
 from collections.abc import AsyncIterator
@@ -287,8 +286,7 @@ class OrderPuller:
                 await self._commit(stream, item, stats)
         finally:
             producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+            await asyncio.wait([producer])  # lets a cancel of the pull through, unlike `await`
 
     async def _chunks(
         self, start: datetime, end: datetime, stats: "_Stats"

@@ -50,18 +50,26 @@ def write_catalog(sb: Sandbox, path: Path) -> Path:
     return path
 
 
+# An after-sales delivery order shipped before its cancel reached the WMS: it has a shipment,
+# a ship confirm and a sales document like any shipped one.
+SHIPPED_STATES = {DeliveryState.SHIPPED.value, DeliveryState.AFTER_SALES.value}
+
+
 async def diagnose(hub: Store, sb: Sandbox) -> str:
     async with hub.transaction() as tx:
         messages = await tx.outbox_messages()
         states = Counter(
             d["state"] for s in [x async for x in tx.iter_orders()] for d in s.delivery_orders
         )
+        erp = await tx.erp_summary()
     outbox = Counter((m.kind, m.status.value) for m in messages)
     errors = {m.last_error for m in messages if m.last_error}
     wms = Counter(c.status for c in sb.qimen.creates)
     return (
         f"deliveries {dict(states)}; outbox {dict(outbox)}; errors {sorted(errors)[:3]}; "
-        f"wms {dict(wms)}; callbacks pending {len(sb.qimen.pending_callbacks)}"
+        f"wms {dict(wms)}; callbacks pending {len(sb.qimen.pending_callbacks)}; "
+        f"erp purchase orders {erp.purchase_orders}, receipts {erp.receipts}, "
+        f"sales documents {erp.sales_outbounds}"
     )
 
 
@@ -73,10 +81,7 @@ async def everything_settled(hub: Store) -> bool:
     async with hub.transaction() as tx:
         messages = [m for m in await tx.outbox_messages() if m.kind != "platform.stock"]
         deliveries = [d for s in [x async for x in tx.iter_orders()] for d in s.delivery_orders]
-    # An after-sales delivery order shipped before its cancel reached the WMS: it has a
-    # shipment and a ship confirm like any shipped one.
-    shipped_states = {DeliveryState.SHIPPED.value, DeliveryState.AFTER_SALES.value}
-    shipped = [d for d in deliveries if d["state"] in shipped_states]
+    shipped = [d for d in deliveries if d["state"] in SHIPPED_STATES]
     ships = [m for m in messages if m.kind == "platform.ship"]
     open_states = {"pending", "created", "cancel_pending"}
     return (
@@ -263,13 +268,14 @@ def _erp_purchase_orders(sb: Sandbox) -> set[str]:
 
 
 async def _shipped_codes(hub: Store) -> dict[str, str]:
-    """Shipped delivery orders: code → warehouse."""
+    """Delivery orders that left the warehouse: code → warehouse. An after-sales one shipped
+    before its cancel reached the WMS; its goods left all the same, so it has a sales document."""
     async with hub.transaction() as tx:
         return {
             d["code"]: d["warehouse"]
             async for s in tx.iter_orders()
             for d in s.delivery_orders
-            if d["state"] == DeliveryState.SHIPPED.value
+            if d["state"] in SHIPPED_STATES
         }
 
 

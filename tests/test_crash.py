@@ -36,7 +36,7 @@ from tests.e2e import (
     prepared_hub,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 SEEDS = [int(s) for s in os.environ.get("ECOMHUB_CRASH_SEEDS", "41,42").split(",")]
 KILLS = int(os.environ.get("ECOMHUB_CRASH_KILLS", "20"))

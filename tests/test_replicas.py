@@ -31,7 +31,7 @@ from tests.e2e import (
     prepared_hub,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.postgres]
 
 LEASE_TTL = 3.0
 
