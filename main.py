@@ -330,7 +330,7 @@ async def run_demo(
                         # stood still, and everything routed has shipped and been confirmed.
                         for _ in range(240):
                             live.update(await demo_table(settings, store, sb))
-                            async with store.transaction() as tx:
+                            async with store.read() as tx:
                                 cursors = [
                                     await tx.get_cursor(s.code, LIVE_STREAM) for s in settings.shops
                                 ]
@@ -339,7 +339,7 @@ async def run_demo(
                                 break
                             await asyncio.sleep(0.5)
                     truth = {(o.shop, str(o.order_id)) for o in sb.world.orders()}
-                    async with store.transaction() as tx:
+                    async with store.read() as tx:
                         stored = {
                             (s.order.shop, s.order.platform_order_id)
                             async for s in tx.iter_orders()
@@ -376,7 +376,7 @@ async def run_demo(
 
 
 async def demo_counts(store: Store) -> dict[str, int]:
-    async with store.transaction() as tx:
+    async with store.read() as tx:
         deliveries = await tx.delivery_counts()
         ships = await tx.outbox_counts("platform.ship")
     by_state: Counter[str] = Counter()
@@ -395,7 +395,7 @@ async def demo_counts(store: Store) -> dict[str, int]:
 async def demo_table(settings: Settings, store: Store, sb: Any) -> Table:
     report = await collect_status(settings, store)
     flow: dict[str, Counter[str]] = {}
-    async with store.transaction() as tx:
+    async with store.read() as tx:
         held = await tx.held_orders()
         deliveries = await tx.delivery_counts()
         ships = await tx.outbox_counts("platform.ship")
@@ -651,7 +651,7 @@ def outbox_dead(ctx: typer.Context) -> None:
     settings = _state(ctx).settings()
 
     async def work(store: Store) -> list[OutboxMessage]:
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             return await tx.dead_letters()
 
     dead = execute(ctx, with_store(settings, work))
@@ -696,7 +696,7 @@ def orders_held(
     settings = _state(ctx).settings()
 
     async def work(store: Store) -> list[dict[str, str]]:
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             held = await tx.held_orders(shop)
         return [
             {
@@ -752,7 +752,7 @@ def orders_export(
 
     async def work(store: Store) -> int:
         count = 0
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             async for stored in tx.iter_orders(shop):
                 sys.stdout.write(json.dumps(stored.export(), ensure_ascii=False) + "\n")
                 count += 1

@@ -230,7 +230,7 @@ def admin_router(settings: Settings, store: Store, control: HubControl) -> APIRo
         """Recent runs, newest first, with their figures and the records they skipped."""
         if shop is not None:
             known_shop(shop)
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             runs = await tx.runs(job=job, shop=shop, limit=limit)
             ids = [r.id for r in runs if r.id is not None]
             skipped = await tx.run_errors(ids, errors_per_run) if errors_per_run else {}
@@ -266,7 +266,7 @@ def admin_router(settings: Settings, store: Store, control: HubControl) -> APIRo
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[DeadLetter]:
         """Messages that gave up, oldest first, with their last error."""
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             dead = await tx.dead_letters(limit)
         return [
             DeadLetter(
@@ -300,7 +300,7 @@ def admin_router(settings: Settings, store: Store, control: HubControl) -> APIRo
         """Orders review held, with the reason an operator can act on."""
         if shop is not None:
             known_shop(shop)
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             held = await tx.held_orders(shop)
         return [
             HeldOrder(
@@ -341,7 +341,7 @@ def admin_router(settings: Settings, store: Store, control: HubControl) -> APIRo
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> list[ReportSummary]:
         """Stored reconciliation reports, newest first, with their totals (rows: see one)."""
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             reports = await tx.reports(kind, subject, limit)
         return [ReportSummary.of(r) for r in reports]
 
@@ -349,7 +349,7 @@ def admin_router(settings: Settings, store: Store, control: HubControl) -> APIRo
     async def get_reconciliation_report(report_id: int) -> Report:
         """One report with every row (`kind`, `waybill` or `sku`, `expected`, `actual`,
         `difference` as exact decimal strings, `detail`) and its totals."""
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             report = await tx.report(report_id)
         if report is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no reconciliation report {report_id}")

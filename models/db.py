@@ -18,6 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+# Execution option of a connection whose transactions only read (`Store.read`).
+READ_ONLY = "ecomhub_read_only"
+
 
 class UnsupportedDatabase(ValueError):
     """The database URL names a backend the hub does not support."""
@@ -68,7 +71,10 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _sqlite_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # `Store.read()` marks its connection: a read-only transaction must not take (or
+            # wait for) the write lock; a deferred BEGIN reads a WAL snapshot.
+            read_only = connection.get_execution_options().get(READ_ONLY, False)
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

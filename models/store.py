@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from models import tables as t
 from models.clock import Clock, SystemClock
-from models.db import create_engine, current_revision, head_revision
+from models.db import READ_ONLY, create_engine, current_revision, head_revision
 from models.domain import (
     Address,
     BundleComponent,
@@ -76,6 +76,8 @@ from models.domain import (
 
 # SQLite allows 32766 bound parameters per statement; keep multi-row statements well below.
 _CHUNK = 500
+# A claim with per-target room reads up to this many times its limit of due messages.
+CLAIM_SCAN_FACTOR = 5
 
 
 def to_fen(amount: Decimal) -> int:
@@ -1176,9 +1178,13 @@ class Tx:
         ttl: timedelta,
         *,
         targets: Sequence[str] | None = None,
-        exclude_targets: Sequence[str] = (),
+        per_target: int | None = None,
+        in_flight: Mapping[str, int] | None = None,
     ) -> list[OutboxMessage]:
-        """Claim due messages for `owner` until `ttl` from now, oldest first.
+        """Claim due messages for `owner` until `ttl` from now, oldest first; with `per_target`,
+        no more of a target than its free send slots (`per_target` less what `in_flight` says
+        the dispatcher is sending to it), so nothing claimed waits for a slot while its claim
+        ages.
 
         The claim counts as an attempt and is committed before anything is sent, so a message with
         `attempts > 0` may have reached its target (a crash between send and record): its handler
@@ -1190,14 +1196,33 @@ class Tx:
             t.outbox.c.next_attempt_at <= now,
             or_(t.outbox.c.claimed_until.is_(None), t.outbox.c.claimed_until < now),
         )
-        query = select(t.outbox.c.id).where(claimable).order_by(t.outbox.c.id).limit(limit)
+        # With per-target room, look further than `limit`: the oldest due messages may all be
+        # one busy target's, and the others' must not wait behind them.
+        scan = limit if per_target is None else limit * CLAIM_SCAN_FACTOR
+        query = (
+            select(t.outbox.c.id, t.outbox.c.target)
+            .where(claimable)
+            .order_by(t.outbox.c.id)
+            .limit(scan)
+        )
         if targets is not None:
             query = query.where(t.outbox.c.target.in_(list(targets)))
-        if exclude_targets:
-            query = query.where(t.outbox.c.target.not_in(list(exclude_targets)))
         if self._dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        ids = [row.id for row in await self.connection.execute(query)]
+        candidates = list(await self.connection.execute(query))
+        if per_target is None:
+            ids = [row.id for row in candidates]
+        else:
+            busy = in_flight or {}
+            left: dict[str, int] = {}
+            ids = []
+            for row in candidates:
+                free = left.setdefault(row.target, per_target - busy.get(row.target, 0))
+                if free > 0:
+                    ids.append(row.id)
+                    left[row.target] = free - 1
+                    if len(ids) == limit:
+                        break
         if not ids:
             return []
         rows = await self.connection.execute(
@@ -2700,6 +2725,20 @@ class Store:
                     yield Tx(connection, self.clock)
             finally:
                 self._writer_task = None
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        """A transaction that only reads. On SQLite it is a WAL snapshot on its own connection:
+        it neither queues behind this process's writers nor takes the database's write lock
+        from other processes (a deferred BEGIN; `models.db`). Writing through it is a bug."""
+        if self._writer is None:
+            async with self.engine.begin() as connection:
+                yield Tx(connection, self.clock)
+            return
+        async with self.engine.connect() as connection:
+            reader = await connection.execution_options(**{READ_ONLY: True})
+            async with reader.begin():
+                yield Tx(reader, self.clock)
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:

@@ -47,6 +47,7 @@ from connectors.errors import ConnectorError, RejectedError, TransientError
 from models.domain import Cursor, OutboxMessage
 from models.store import Store, StoredListing, Tx
 from sync.mapping import ResolvedLine, SkuResolver
+from sync.outbox import Record
 from sync.review import load_resolver
 
 PLATFORM_STOCK = "platform.stock"
@@ -288,7 +289,7 @@ async def sync_channel_stock(
     compute every listing and enqueue what must be pushed. Sends nothing itself: the outbox
     dispatcher does. Run it under the `stock-sync` lease (`stock_lease`)."""
     result = StockSync()
-    async with store.transaction() as tx:
+    async with store.read() as tx:
         if not await tx.read_warehouses():
             # Without a reading every SKU would look empty: publishing zeros would stop sales.
             result.skipped = "no warehouse stock read yet"
@@ -298,7 +299,7 @@ async def sync_channel_stock(
         available = await tx.stock_available()
     now = store.clock.now()
     for shop in shops if shops is not None else settings.shops:
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             cursor = await tx.get_cursor(shop.code, LISTINGS_STREAM)
         refresh_due = (
             full
@@ -381,16 +382,16 @@ class StockPusher:
         self.marketplace = marketplace
         self.on_pushed = on_pushed
 
-    async def __call__(self, message: OutboxMessage) -> None:
+    async def __call__(self, message: OutboxMessage) -> Record | None:
         assert message.id is not None and message.subject is not None
         shop = message.target
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             newer, older_in_flight = await tx.subject_order(message.subject, message.id)
         if newer:
             log.debug(
                 "stale stock values: a newer message carries them", key=message.idempotency_key
             )
-            return
+            return None
         if older_in_flight:
             raise TransientError(f"an older stock push of {message.subject} is still in flight")
         item_id = str(message.payload["item_id"])
@@ -402,17 +403,20 @@ class StockPusher:
             for sku_id, code, qty in message.payload["updates"]
         ]
         result = await self.marketplace(shop).update_stock(updates)
-        async with self.store.transaction() as tx:
-            await tx.record_stock_pushes(
-                shop,
-                [(u.listing.item_id, u.listing.sku_id, u.quantity) for u in result.done],
-                message.id,
-            )
+        pushed = [(u.listing.item_id, u.listing.sku_id, u.quantity) for u in result.done]
+        message_id = message.id
+
+        async def record(tx: Tx) -> None:
+            await tx.record_stock_pushes(shop, pushed, message_id)
+
         if self.on_pushed is not None and result.done:
             self.on_pushed(shop, len(result.done))
-        if result.failed:
-            update, reason = result.failed[0]
-            raise RejectedError(
-                f"{len(result.failed)} of {len(updates)} stock values refused, e.g. "
-                f"{update.listing.sku_id or update.listing.item_id}: {reason}"
-            )
+        if not result.failed:
+            return record  # recorded with the message's completion
+        async with self.store.transaction() as tx:
+            await record(tx)  # what landed, before the refusal makes the message a dead letter
+        update, reason = result.failed[0]
+        raise RejectedError(
+            f"{len(result.failed)} of {len(updates)} stock values refused, e.g. "
+            f"{update.listing.sku_id or update.listing.item_id}: {reason}"
+        )

@@ -403,7 +403,7 @@ class Daemon:
     async def _hold_replica_lease(self) -> None:
         if await self._acquire(REPLICA_LEASE):
             return
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             holder = await tx.lease_owner(REPLICA_LEASE)
         who = holder[0] if holder else "another process"
         raise HubError(
@@ -497,7 +497,7 @@ class Daemon:
         wanted = {w.code for w in self.settings.warehouses}
         deadline = time.monotonic() + FIRST_STOCK_WAIT
         while not self._stock_read.is_set() and time.monotonic() < deadline:
-            async with self.store.transaction() as tx:
+            async with self.store.read() as tx:
                 if wanted <= await tx.read_warehouses():
                     break
             with contextlib.suppress(asyncio.TimeoutError):
@@ -570,22 +570,34 @@ class Daemon:
     async def _hint_worker(self) -> None:
         limit = asyncio.Semaphore(HINT_CONCURRENCY)
 
-        async def fetch(shop: str, order_id: str) -> bool:
+        async def fetch(shop: str, order_id: str) -> None:
             async with limit:
                 try:
-                    return await self._puller(shop, "hint").fetch_one(order_id)
+                    fetched = await self._puller(shop, "hint").fetch_one(order_id)
                 except Exception as exc:  # a hint is best effort: the pull reconciles
                     log.warning("hinted fetch failed", shop=shop, order=order_id, error=str(exc))
-                    return False
-
-        while not self._stopping.is_set():
-            await self._hint_ready.wait()
-            self._hint_ready.clear()
-            batch, self._hints = self._hints, {}
-            if self._stopping.is_set():
-                return
-            fetched = await asyncio.gather(
-                *(fetch(shop, order) for shop, orders in batch.items() for order in orders)
-            )
-            if any(fetched):
+                    return
+            if fetched:
+                # Route now, not after the batch's slowest fetch; requests coalesce.
                 self.request_route()
+
+        # Hints are fetched as they come (HINT_CONCURRENCY at a time), not batch by batch: a
+        # hint never waits for the slowest fetch of an earlier one.
+        fetching: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                await self._hint_ready.wait()
+                self._hint_ready.clear()
+                batch, self._hints = self._hints, {}
+                if self._stopping.is_set():
+                    break
+                for shop, orders in batch.items():
+                    for order in orders:
+                        task = asyncio.create_task(fetch(shop, order))
+                        fetching.add(task)
+                        task.add_done_callback(fetching.discard)
+            if fetching:  # stopping: let the fetches under way finish (within the grace period)
+                await asyncio.wait(fetching)
+        finally:
+            for task in fetching:
+                task.cancel()

@@ -68,7 +68,7 @@ from models.store import (
     from_fen,
 )
 from sync.errors import HubError
-from sync.outbox import Handler, maybe_sent
+from sync.outbox import Handler, Record, maybe_sent
 
 WMS_ENTRY_CREATE = "wms.entry_create"
 ERP_RECEIPT = "erp.receipt"
@@ -162,7 +162,7 @@ async def poll_purchase_orders(
             "open_purchase_orders", erp.open_purchase_order_numbers(since), observe
         )
         poll.open = len(numbers)
-        async with store.transaction() as tx:
+        async with store.read() as tx:
             known = await tx.known_purchase_orders(numbers)
         fresh = [n for n in numbers if n not in known]
         orders = (
@@ -431,29 +431,30 @@ class ErpEffects:
         if self._erp is not None:
             await self._erp.aclose()
 
-    async def create_entry(self, message: OutboxMessage) -> None:
+    async def create_entry(self, message: OutboxMessage) -> Record | None:
         number = str(message.payload["purchase_order"])
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             order = await tx.purchase_order(number)
         if order is None:
             raise RejectedError(f"purchase order {number} is not in the store")
         if order.state != PurchaseState.PENDING:
-            return  # a receipt arrived first: the WMS has it
+            return None  # a receipt arrived first: the WMS has it
         wms = self.inbound_wms(order.warehouse)
         if maybe_sent(message):
             status = await wms.query_entry_order(number)
             if status.state != WmsOrderState.NOT_FOUND:
-                await self._notified(number, status.wms_order_id)
-                return
+                return _notified(number, status.wms_order_id)
         lines = tuple(
             InboundOrderLine(line.entry_id, line.sku, line.qty - line.received)
             for line in order.lines
             if line.qty > line.received
         )
         if not lines:
-            async with self.store.transaction() as tx:
+
+            async def received(tx: Tx) -> None:
                 await tx.set_purchase_state(number, PurchaseState.RECEIVED)
-            return
+
+            return received
         request = InboundOrderRequest(
             code=number,
             supplier=order.supplier,
@@ -461,16 +462,7 @@ class ErpEffects:
             lines=lines,
             remark=f"purchase order {number}",
         )
-        await self._notified(number, await wms.create_entry_order(request))
-
-    async def _notified(self, number: str, wms_order_id: str) -> None:
-        async with self.store.transaction() as tx:
-            await tx.set_purchase_state(
-                number,
-                PurchaseState.NOTIFIED,
-                only_from=[PurchaseState.PENDING],
-                wms_order_id=wms_order_id,
-            )
+        return _notified(number, await wms.create_entry_order(request))
 
     async def _find(self, kind: ErpDocumentKind, number: str) -> ErpDocument | None:
         found = await observed(
@@ -484,15 +476,15 @@ class ErpEffects:
             )
         return found
 
-    async def save_receipt(self, message: OutboxMessage) -> None:
+    async def save_receipt(self, message: OutboxMessage) -> Record | None:
         number = str(message.payload["receipt"])
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             receipt = await tx.receipt(number)
             order = await tx.purchase_order(receipt.purchase_order) if receipt else None
         if receipt is None or order is None:
             raise RejectedError(f"receipt {number} (or its purchase order) is not in the store")
         if receipt.state == DocumentState.SAVED:
-            return
+            return None
         saved = await self._find(ErpDocumentKind.RECEIPT, number) if maybe_sent(message) else None
         if saved is None:
             document = PurchaseReceipt(
@@ -506,17 +498,21 @@ class ErpEffects:
                 note=f"WMS {receipt.warehouse} receipt {receipt.out_biz_code}",
             )
             saved = await observed("save_receipt", self.erp().save_receipt(document), self.observe)
-        async with self.store.transaction() as tx:
-            await tx.set_receipt_saved(number, saved.erp_id)
+        erp_id = saved.erp_id
 
-    async def save_sales_outbound(self, message: OutboxMessage) -> None:
+        async def record(tx: Tx) -> None:
+            await tx.set_receipt_saved(number, erp_id)
+
+        return record
+
+    async def save_sales_outbound(self, message: OutboxMessage) -> Record | None:
         code = str(message.payload["code"])
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             stored = await tx.sales_outbound(code)
         if stored is None:
             raise RejectedError(f"sales document {code} is not in the store")
         if stored.state == DocumentState.SAVED:
-            return
+            return None
         saved = (
             await self._find(ErpDocumentKind.SALES_OUTBOUND, code) if maybe_sent(message) else None
         )
@@ -537,14 +533,32 @@ class ErpEffects:
             saved = await observed(
                 "save_sales_outbound", self.erp().save_sales_outbound(document), self.observe
             )
-        async with self.store.transaction() as tx:
-            await tx.set_sales_outbound_saved(code, saved.erp_id)
+        erp_id = saved.erp_id
+
+        async def record(tx: Tx) -> None:
+            await tx.set_sales_outbound_saved(code, erp_id)
+
+        return record
 
     def _stock_number(self, warehouse: str) -> str:
         number = self.settings.warehouse(warehouse).stock_number
         if not number:
             raise RejectedError(f"warehouses[{warehouse}].stock_number is not set")
         return number
+
+
+def _notified(number: str, wms_order_id: str) -> Record:
+    """The WMS holds the inbound order of purchase order `number`."""
+
+    async def record(tx: Tx) -> None:
+        await tx.set_purchase_state(
+            number,
+            PurchaseState.NOTIFIED,
+            only_from=[PurchaseState.PENDING],
+            wms_order_id=wms_order_id,
+        )
+
+    return record
 
 
 def erp_of(settings: Settings) -> Erp:

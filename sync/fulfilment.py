@@ -63,7 +63,7 @@ from models.store import NewDeliveryOrder, Store, TrackingMove, Tx, to_fen
 from sync.channel_stock import PLATFORM_STOCK, StockPusher
 from sync.erp import apply_inbound, record_sales_outbound
 from sync.mapping import SkuResolver
-from sync.outbox import Handler, maybe_sent
+from sync.outbox import Handler, Record, maybe_sent
 from sync.review import load_resolver
 from sync.routing import RouteLine, route
 
@@ -398,6 +398,20 @@ async def apply_tracking(tx: Tx, update: TrackingUpdate, raw: str = "") -> Track
 # --- handlers --------------------------------------------------------------------------------
 
 
+def _created(code: str, wms_order_id: str) -> Record:
+    """The WMS holds delivery order `code` (as `wms_order_id`)."""
+
+    async def record(tx: Tx) -> None:
+        await tx.set_delivery_state(
+            code,
+            DeliveryState.CREATED,
+            only_from=[DeliveryState.PENDING],
+            wms_order_id=wms_order_id,
+        )
+
+    return record
+
+
 def _request(code: str, order: Order, delivery: Any, carrier: str) -> DeliveryOrderRequest:
     return DeliveryOrderRequest(
         code=code,
@@ -485,37 +499,27 @@ class Effects:
         if self._tracker is not None:
             await self._tracker.aclose()
 
-    async def create(self, message: OutboxMessage) -> None:
+    async def create(self, message: OutboxMessage) -> Record | None:
         code = str(message.payload["code"])
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             delivery = await tx.delivery_order(code)
             order = await tx.order_of_delivery(code)
         if delivery is None or order is None:
             raise RejectedError(f"delivery order {code} is not in the store")
         if delivery.state != DeliveryState.PENDING:
-            return  # cancelled before it was sent: nothing to create
+            return None  # cancelled before it was sent: nothing to create
         wms = self.wms(delivery.warehouse)
         if maybe_sent(message):
             status = await wms.query_delivery_order(code)
             if status.state != WmsOrderState.NOT_FOUND:
-                await self._created(code, status.wms_order_id)
-                return
+                return _created(code, status.wms_order_id)
         carrier = self.settings.warehouse(delivery.warehouse).default_carrier
         wms_order_id = await wms.create_delivery_order(_request(code, order, delivery, carrier))
-        await self._created(code, wms_order_id)
+        return _created(code, wms_order_id)
 
-    async def _created(self, code: str, wms_order_id: str) -> None:
-        async with self.store.transaction() as tx:
-            await tx.set_delivery_state(
-                code,
-                DeliveryState.CREATED,
-                only_from=[DeliveryState.PENDING],
-                wms_order_id=wms_order_id,
-            )
-
-    async def cancel(self, message: OutboxMessage) -> None:
+    async def cancel(self, message: OutboxMessage) -> Record | None:
         code = str(message.payload["code"])
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             create = await tx.outbox_by_key(f"{WMS_CREATE}:{code}")
             delivery = await tx.delivery_order(code)
         if delivery is None:
@@ -524,11 +528,12 @@ class Effects:
             # Never overtake the create: the WMS would answer "no such order" and then ship it.
             raise TransientError(f"the create of {code} is still in flight")
         if delivery.state == DeliveryState.SHIPPED:
-            return  # the confirm arrived first; the shipment path flagged it for after-sales
+            return None  # the confirm arrived first; the shipment path flagged it for after-sales
         outcome = await self.wms(delivery.warehouse).cancel_delivery_order(
             code, "buyer refund or order closed on the marketplace"
         )
-        async with self.store.transaction() as tx:
+
+        async def record(tx: Tx) -> None:
             order = await tx.order_of_delivery(code)
             assert order is not None
             if outcome == CancelOutcome.ALREADY_SHIPPED:
@@ -546,6 +551,8 @@ class Effects:
             )
             if message.payload.get("recreate"):
                 await self._recreate(tx, order, delivery)
+
+        return record
 
     async def _recreate(self, tx: Tx, order: Order, delivery: Any) -> None:
         """The lines of a cancelled delivery order that still ship, under the next code."""
@@ -568,7 +575,7 @@ class Effects:
         carrier_code = str(payload["carrier"])
         carrier = next((c for c in self.settings.carriers if c.code == carrier_code), None)
         order_id = str(payload["platform_order_id"])
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             stored = await tx.get_order(shop.code, order_id)
         hint = stored.order.modified if stored else None
         market = self.marketplace(shop.code)
@@ -613,7 +620,7 @@ class Effects:
         """Subscribe a shipped waybill; the service then pushes to `TRACKING_CALLBACK_PATH`."""
         payload = message.payload
         tracker = self.tracker()
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             order = await tx.order_of_delivery(str(payload["code"]))
         receiver = (order.receiver if order else None) or Address()
         await tracker.subscribe(

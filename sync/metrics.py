@@ -248,7 +248,7 @@ class HubMetrics:
         `ecomhub_store_up` is 0 and the state gauges are emptied rather than left stale."""
         shops = [s.code for s in settings.shops]
         try:
-            async with store.transaction() as tx:
+            async with store.read() as tx:
                 depth = await tx.outbox_depth()
                 summaries = await tx.shop_summaries(shops)  # the cursor is the live one
         except Exception as exc:  # a scrape must not fail because the database did

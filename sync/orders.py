@@ -145,7 +145,7 @@ class OrderPuller:
     async def pull(self) -> SyncRun:
         """One live increment: from the cursor (less the overlap) to now less the lag."""
         now = self.clock.now()
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             cursor = await tx.get_cursor(self.shop.code, LIVE_STREAM)
         position = cursor.position if cursor else now - self.shop.initial_lookback
         start = floor_second(position - self.shop.effective_overlap)
@@ -158,7 +158,7 @@ class OrderPuller:
         until = min(until, self.clock.now() - self.shop.effective_lag)
         since, until = floor_second(since), floor_second(until)
         stream = f"backfill:{since:%Y%m%dT%H%M%S}-{until:%Y%m%dT%H%M%S}"
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             cursor = await tx.get_cursor(self.shop.code, stream)
         start = max(since, cursor.position) if cursor else since
         return await self._run("backfill", stream, start, until)
@@ -171,7 +171,9 @@ class OrderPuller:
             return False
         async with self.store.transaction() as tx:
             result = await tx.upsert_orders([order])
-            await review_pending(tx, self.settings, [self.shop.code])
+            await review_pending(
+                tx, self.settings, [self.shop.code], only=[order.platform_order_id]
+            )
             await react_to_changes(tx, result.events, self.shop.code)
         self.progress.orders_written(result.written)
         return True

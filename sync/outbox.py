@@ -18,9 +18,13 @@ semaphores keep one slow warehouse or throttled shop from starving the others.
 
 import asyncio
 import random
+import time
+from asyncio import FIRST_COMPLETED
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -34,9 +38,14 @@ from connectors.errors import (
 )
 from models.clock import Clock, SystemClock
 from models.domain import OutboxMessage
-from models.store import Store
+from models.store import Store, Tx
 
-Handler = Callable[[OutboxMessage], Awaitable[None]]
+Record = Callable[[Tx], Awaitable[None]]
+"""What a handler's success changes in the store (a delivery order now `created`, a document
+saved); the dispatcher runs it in the transaction that marks the message done, so the two
+commit together and the send costs one transaction, not two."""
+
+Handler = Callable[[OutboxMessage], Awaitable[Record | None]]
 
 log = structlog.get_logger("ecomhub.sync.outbox")
 
@@ -73,6 +82,15 @@ def maybe_sent(message: OutboxMessage) -> bool:
     return message.attempts > 1 or message.ambiguous
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    outcome: str  # done | retry | dead
+    error: str
+    retry_at: datetime | None  # for a retry; None = dead letter
+    ambiguous: bool
+    record: Record | None = None
+
+
 class HandlerMissing(Exception):
     """No handler is registered for a message kind (a bug or a half-deployed upgrade)."""
 
@@ -91,6 +109,9 @@ class DrainStats:
 
 class Dispatcher:
     """Claims and sends outbox messages; one per process, any number per database."""
+
+    # While messages are in flight, look for newly due ones (retries) at least this often.
+    RECLAIM_AFTER = 1.0
 
     def __init__(
         self,
@@ -126,42 +147,119 @@ class Dispatcher:
 
     async def drain_once(self, stop: asyncio.Event | None = None) -> DrainStats:
         """Send everything that is due now (including what becomes due while sending, e.g. a
-        message written by a handler), then return; with `stop`, claim nothing once it is set."""
+        message written by a handler), then return; with `stop`, claim nothing once it is set.
+
+        Claims are continuous, not batch by batch: a message written while others are in flight
+        is claimed as soon as `wake` is set or a slot of its target frees up, instead of waiting
+        for the slowest message of an earlier batch. A claim takes no more of a target's
+        messages than it has free slots (`per_target`), so what is claimed starts at once and
+        the rest stay free for other replicas."""
         stats = DrainStats()
-        while stop is None or not stop.is_set():
-            async with self.store.transaction() as tx:
-                claimed = await tx.claim_outbox(self.owner, self.batch, self.claim_ttl)
-            if not claimed:
-                break
-            await asyncio.gather(*(self._send(message, stats) for message in claimed))
+        in_flight: dict[asyncio.Future[Any], str] = {}
+        full: set[str] = set()  # targets the last claim left no free slot
+        claim_now = True
+        last_claim = 0.0
+        try:
+            while True:
+                may_claim = len(in_flight) < self.batch and not (stop and stop.is_set())
+                if claim_now and may_claim:
+                    self.wake.clear()
+                    last_claim = time.monotonic()
+                    counts = Counter(in_flight.values())
+                    async with self.store.transaction() as tx:
+                        claimed = await tx.claim_outbox(
+                            self.owner,
+                            self.batch - len(in_flight),
+                            self.claim_ttl,
+                            per_target=self.per_target,
+                            in_flight=counts,
+                        )
+                    for message in claimed:
+                        sending = asyncio.ensure_future(self._send(message, stats))
+                        in_flight[sending] = message.target
+                    counts = Counter(in_flight.values())
+                    full = {target for target, n in counts.items() if n >= self.per_target}
+                if not in_flight:
+                    break  # all sent, and the claim just made found nothing (or may not be made)
+                waiting = list(in_flight)
+                if may_claim:
+                    waiting.append(asyncio.ensure_future(self.wake.wait()))
+                try:
+                    done, _ = await asyncio.wait(
+                        waiting, timeout=self.RECLAIM_AFTER, return_when=FIRST_COMPLETED
+                    )
+                finally:
+                    if may_claim:
+                        waiting[-1].cancel()
+                freed = set()
+                for task in done:
+                    if task in in_flight:
+                        freed.add(in_flight.pop(task))
+                        task.result()  # `_send` records every failure of a send; this is a bug
+                # Claim again when something new was written, when a target left out for being
+                # full has a free slot, when nothing is in flight, or after a while (retries come
+                # due on their own).
+                claim_now = (
+                    self.wake.is_set()
+                    or bool(freed & full)
+                    or not in_flight
+                    or time.monotonic() - last_claim >= self.RECLAIM_AFTER
+                )
+        finally:
+            # Cancelled (shutdown past its grace period) or a bug: stop the sends in flight; their
+            # claims expire, and each message is asked about before it is sent again.
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.wait(in_flight)
         return stats
 
     async def _send(self, message: OutboxMessage, stats: DrainStats) -> None:
         async with self._limit(message.target):
-            outcome, error, retry_at, ambiguous = await self._attempt(message)
+            attempt = await self._attempt(message)
         assert message.id is not None
-        async with self.store.transaction() as tx:
-            if outcome == "done":
-                recorded = await tx.complete_outbox(message.id, self.owner)
-            else:
+        if attempt.outcome == "done":
+            try:
+                async with self.store.transaction() as tx:
+                    if attempt.record is not None:
+                        await attempt.record(tx)
+                    recorded = await tx.complete_outbox(message.id, self.owner)
+            except Exception as exc:  # the effect happened; its record failed: ask, then retry
+                log.exception("recording a sent message failed", message_id=message.id)
+                attempt = self._retry(message, f"{type(exc).__name__}: {exc}", ambiguous=True)
+        if attempt.outcome != "done":
+            async with self.store.transaction() as tx:
                 recorded = await tx.retry_outbox(
-                    message.id, self.owner, error, retry_at, ambiguous=ambiguous
+                    message.id,
+                    self.owner,
+                    attempt.error,
+                    attempt.retry_at,
+                    ambiguous=attempt.ambiguous,
                 )
         if not recorded:
             log.warning("claim lost before the outcome was recorded", message_id=message.id)
+        outcome = attempt.outcome
         if outcome == "done":
             stats.done += 1
-        elif retry_at is None:
+        elif attempt.retry_at is None:
             stats.dead += 1
             outcome = "dead"
         else:
             stats.retried += 1
         stats.by_target[message.target] = stats.by_target.get(message.target, 0) + 1
         if self.on_outcome is not None:
-            self.on_outcome(message, outcome, error)
+            self.on_outcome(message, outcome, attempt.error)
 
-    async def _attempt(self, message: OutboxMessage) -> tuple[str, str, datetime | None, bool]:
-        """Run the handler; return (outcome, error, next attempt or None for dead, ambiguous)."""
+    def _retry(
+        self, message: OutboxMessage, error: str, *, ambiguous: bool, not_before: float = 0.0
+    ) -> "_Attempt":
+        retry_at = self.schedule.next_attempt(
+            message.attempts, self.clock.now(), self.rng, not_before
+        )
+        return _Attempt("retry", error, retry_at, ambiguous)
+
+    async def _attempt(self, message: OutboxMessage) -> "_Attempt":
+        """Run the handler: done (with what to record), to retry (when), or dead."""
         logger = log.bind(
             message_id=message.id,
             kind=message.kind,
@@ -170,33 +268,31 @@ class Dispatcher:
             attempt=message.attempts,
         )
         handler = self.handlers.get(message.kind)
-        now = self.clock.now()
         try:
             if handler is None:
                 raise HandlerMissing(f"no handler for message kind {message.kind!r}")
-            await handler(message)
+            record = await handler(message)
         except RejectedError as exc:
             logger.warning("rejected: dead letter", error=str(exc), **exc.context())
-            return "dead", str(exc), None, False
+            return _Attempt("dead", str(exc), None, False)
         except ConnectorError as exc:
             ambiguous = isinstance(exc, AmbiguousError) or message.ambiguous
             not_before = (exc.retry_after or 0.0) if isinstance(exc, RateLimited) else 0.0
-            retry_at = self.schedule.next_attempt(message.attempts, now, self.rng, not_before)
+            retry = self._retry(message, str(exc), ambiguous=ambiguous, not_before=not_before)
             level = "warning" if isinstance(exc, TransientError) else "error"
             getattr(logger, level)(
-                "send failed" + ("; dead letter" if retry_at is None else "; will retry"),
+                "send failed" + ("; dead letter" if retry.retry_at is None else "; will retry"),
                 error=str(exc),
                 ambiguous=ambiguous,
-                retry_at=retry_at.isoformat() if retry_at else None,
+                retry_at=retry.retry_at.isoformat() if retry.retry_at else None,
                 **exc.context(),
             )
-            return "retry", str(exc), retry_at, ambiguous
+            return retry
         except Exception as exc:  # a bug or an unexpected answer: keep the message, retry later
-            retry_at = self.schedule.next_attempt(message.attempts, now, self.rng)
             logger.exception("handler failed", error=repr(exc))
-            return "retry", f"{type(exc).__name__}: {exc}", retry_at, True
+            return self._retry(message, f"{type(exc).__name__}: {exc}", ambiguous=True)
         logger.debug("sent")
-        return "done", "", None, False
+        return _Attempt("done", "", None, False, record)
 
     async def run(self, stop: asyncio.Event, idle: float = 1.0) -> None:
         """Drain continuously until `stop` is set; `wake` (set when messages are written) cuts
@@ -208,7 +304,7 @@ class Dispatcher:
                 log.exception("dispatch pass failed; retrying")
             self.wake.clear()
             wait = idle
-            async with self.store.transaction() as tx:
+            async with self.store.read() as tx:
                 due = await tx.next_outbox_due()
             if due is not None:
                 wait = min(idle, max(0.0, (due - self.clock.now()).total_seconds()))

@@ -647,7 +647,7 @@ async def reconcile_inventory(
         raise UsageError(
             f"no warehouse {warehouse_code!r} in the config (known: {known})"
         ) from None
-    async with store.transaction() as tx:
+    async with store.read() as tx:
         masters = [s.sku for s in (await tx.master_skus()).values() if not s.is_bundle]
         before = await tx.stock_levels(warehouse.code)
     skus = sorted({*masters, *(level.sku for level in before if level.as_of is not None)})

@@ -139,7 +139,7 @@ async def stock_sync_once(
         )
     sent = await push_once(settings, store, owner)
     codes = {s.code for s in shops} if shops is not None else {s.code for s in settings.shops}
-    async with store.transaction() as tx:
+    async with store.read() as tx:
         depth = await tx.outbox_depth()
     unsent = sum(
         d.pending + d.dead for d in depth if d.kind == PLATFORM_STOCK and d.target in codes

@@ -11,7 +11,7 @@ from sync.erp import ERP_KINDS, ERP_TARGET, POLL_JOB, erp_status
 
 async def collect_status(settings: Settings, store: Store) -> dict[str, Any]:
     now = store.clock.now()
-    async with store.transaction() as tx:
+    async with store.read() as tx:
         shops = await tx.shop_summaries([s.code for s in settings.shops])
         depth = await tx.outbox_depth()
         held = await tx.held_orders()

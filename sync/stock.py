@@ -30,7 +30,7 @@ async def read_stock(
     settings: Settings, store: Store, wms_for: Callable[[WarehouseConfig], Wms]
 ) -> StockReading:
     """Read every warehouse's stock of every master SKU into the ledger."""
-    async with store.transaction() as tx:
+    async with store.read() as tx:
         skus = sorted(s.sku for s in (await tx.master_skus()).values() if not s.is_bundle)
     reading = StockReading()
     for warehouse in settings.warehouses:

@@ -20,7 +20,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import structlog
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from models.clock import FixedClock
@@ -68,6 +67,16 @@ def postgres_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> str:
+    """The session's PostgreSQL database (one per xdist worker), emptied for this test: no test
+    sees another's rows, whatever order the tests run in."""
+    names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+    with psycopg.connect(_conninfo(postgres_url), autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    return postgres_url
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied for each test (migrating each time would be slower)."""
@@ -106,16 +115,12 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """The same test once on SQLite and once on PostgreSQL (an empty, migrated database)."""
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
-    return str(request.getfixturevalue("postgres_url"))
+    return str(request.getfixturevalue("fresh_postgres_url"))
 
 
 @pytest.fixture
 async def store(database_url: str, clock: FixedClock) -> AsyncIterator[Store]:
     store = Store.open(database_url, clock)
-    if store.backend == "postgresql":
-        names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
-        async with store.engine.begin() as conn:
-            await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     yield store
     await store.close()
 

@@ -56,7 +56,7 @@ SHIPPED_STATES = {DeliveryState.SHIPPED.value, DeliveryState.AFTER_SALES.value}
 
 
 async def diagnose(hub: Store, sb: Sandbox) -> str:
-    async with hub.transaction() as tx:
+    async with hub.read() as tx:
         messages = await tx.outbox_messages()
         states = Counter(
             d["state"] for s in [x async for x in tx.iter_orders()] for d in s.delivery_orders
@@ -78,7 +78,7 @@ async def everything_settled(hub: Store) -> bool:
     done, and every shipped one had its waybill confirmed. Channel stock pushes are left out:
     they are a stream that never ends while the warehouses' stock moves (ERP receipts, the
     WMS's own adjustments), and a transient failure leaves one pending at almost any moment."""
-    async with hub.transaction() as tx:
+    async with hub.read() as tx:
         messages = [m for m in await tx.outbox_messages() if m.kind != "platform.stock"]
         deliveries = [d for s in [x async for x in tx.iter_orders()] for d in s.delivery_orders]
     shipped = [d for d in deliveries if d["state"] in SHIPPED_STATES]
@@ -94,7 +94,7 @@ async def everything_settled(hub: Store) -> bool:
 
 async def everything_confirmed(hub: Store) -> bool:
     """`everything_settled`, and every delivery order shipped (a world with no refunds)."""
-    async with hub.transaction() as tx:
+    async with hub.read() as tx:
         deliveries = [d for s in [x async for x in tx.iter_orders()] for d in s.delivery_orders]
     return await everything_settled(hub) and all(
         d["state"] == DeliveryState.SHIPPED.value for d in deliveries
@@ -104,7 +104,7 @@ async def everything_confirmed(hub: Store) -> bool:
 async def check_exactly_once(sb: Sandbox, hub: Store) -> None:
     """Each delivery order was created in the WMS once; each waybill reached its marketplace
     once and is the one the WMS gave; each order closed before it shipped was cancelled."""
-    async with hub.transaction() as tx:
+    async with hub.read() as tx:
         stored = [s async for s in tx.iter_orders()]
         shipments = {
             d["code"]: await tx.shipments_of(d["code"]) for s in stored for d in s.delivery_orders
@@ -186,7 +186,7 @@ async def poll(predicate: Callable[[], Awaitable[bool]], within: float) -> bool:
 
 async def caught_up(store: Store, settings: Settings, moment: datetime) -> bool:
     """Has every shop's live cursor passed `moment` (everything modified before it is pulled)?"""
-    async with store.transaction() as tx:
+    async with store.read() as tx:
         cursors = [await tx.get_cursor(s.code, LIVE_STREAM) for s in settings.shops]
     return all(c is not None and c.position >= moment for c in cursors)
 
@@ -270,7 +270,7 @@ def _erp_purchase_orders(sb: Sandbox) -> set[str]:
 async def _shipped_codes(hub: Store) -> dict[str, str]:
     """Delivery orders that left the warehouse: code → warehouse. An after-sales one shipped
     before its cancel reached the WMS; its goods left all the same, so it has a sales document."""
-    async with hub.transaction() as tx:
+    async with hub.read() as tx:
         return {
             d["code"]: d["warehouse"]
             async for s in tx.iter_orders()
@@ -284,7 +284,7 @@ async def erp_settled(sb: Sandbox, hub: Store) -> bool:
     receipts in the ERP; every shipped delivery order has its sales document in the ERP."""
     wanted = _erp_purchase_orders(sb)
     shipped = await _shipped_codes(hub)
-    async with hub.transaction() as tx:
+    async with hub.read() as tx:
         known = await tx.known_purchase_orders(sorted(wanted))
         summary = await tx.erp_summary()
         messages = [m for m in await tx.outbox_messages() if m.kind in ERP_KINDS]
@@ -318,7 +318,7 @@ async def check_erp_exactly_once(sb: Sandbox, hub: Store) -> None:
         "a receipt was saved twice in the ERP"
     )
     hub_receipts: set[str] = set()
-    async with hub.transaction() as tx:
+    async with hub.read() as tx:
         for number in sorted(wanted):
             order = await tx.purchase_order(number)
             assert order is not None

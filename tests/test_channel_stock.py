@@ -286,11 +286,16 @@ async def test_a_stale_value_never_lands_after_a_newer_one(
     with pytest.raises(TransientError):  # B waits while A's older push is in flight …
         await pusher(newer)
     gate.set()
-    await sending
-    async with store.transaction() as tx:
+    record = await sending
+    assert record is not None
+    async with store.transaction() as tx:  # as the dispatcher records a sent message
+        await record(tx)
         assert await tx.complete_outbox(older.id or 0, "replica-a")
-    await pusher(newer)
-    await pusher(older)  # … and a redelivery of the older one is dropped, not sent again
+    record = await pusher(newer)
+    assert record is not None
+    async with store.transaction() as tx:
+        await record(tx)
+    assert await pusher(older) is None  # … a redelivery of the older one is dropped, not sent
     item_100 = [c for c in shelf.stock_calls if c[0][0] == "100"]
     assert item_100 == [[("100", "1001", 15)], [("100", "1001", 5)]]
     async with store.transaction() as tx:

@@ -7,9 +7,10 @@ from datetime import timedelta
 
 from connectors.errors import AmbiguousError, RateLimited, RejectedError, TransientError
 from models.clock import FixedClock
-from models.domain import OutboxMessage, OutboxStatus
-from models.store import Store
-from sync.outbox import Dispatcher, RetrySchedule, maybe_sent
+from models.domain import Cursor, OutboxMessage, OutboxStatus
+from models.store import Store, Tx
+from sync.outbox import Dispatcher, Record, RetrySchedule, maybe_sent
+from tests.factories import BASE
 
 
 def message(n: int, target: str = "WH-EAST", kind: str = "test.send") -> OutboxMessage:
@@ -161,6 +162,82 @@ async def test_one_slow_target_does_not_starve_the_others(store: Store) -> None:
     dispatcher = Dispatcher(store, {"test.send": handler}, owner="d1", per_target=2)
     await dispatcher.drain_once()
     assert order[:8] == ["FAST"] * 8 and len(order) == 16
+
+
+async def test_a_message_written_mid_drain_does_not_wait_for_the_slow_ones(store: Store) -> None:
+    """No batch barrier: a message written (and the dispatcher woken) while an earlier claim is
+    still in flight is sent at once, not after the slowest message of that claim."""
+    await enqueue(store, [message(1, target="SLOW")])
+    release = asyncio.Event()
+    sent: list[int] = []
+
+    async def handler(m: OutboxMessage) -> None:
+        if m.target == "SLOW":
+            await release.wait()
+        sent.append(m.payload["n"])
+
+    dispatcher = Dispatcher(store, {"test.send": handler}, owner="d1")
+    drain = asyncio.create_task(dispatcher.drain_once())
+    await asyncio.sleep(0.1)
+    await enqueue(store, [message(2, target="FAST")])
+    dispatcher.wake.set()
+    for _ in range(100):
+        if sent:
+            break
+        await asyncio.sleep(0.02)
+    assert sent == [2] and not drain.done()
+    release.set()
+    stats = await asyncio.wait_for(drain, 5)
+    assert sent == [2, 1] and stats.done == 2
+    assert await statuses(store) == Counter({"done": 2})
+
+
+async def test_a_full_target_is_left_out_of_claims(store: Store) -> None:
+    """A claim takes no more of a target than its free slots: the rest stay unclaimed (their
+    claim would only age waiting for a slot, and another replica may send them) and are claimed
+    as slots free up; other targets' messages behind them are still claimed."""
+    await enqueue(store, [message(n, target="SLOW") for n in range(6)])
+    await enqueue(store, [message(6, target="OTHER")])
+    release = asyncio.Event()
+
+    async def handler(m: OutboxMessage) -> None:
+        if m.target == "SLOW":
+            await release.wait()
+
+    dispatcher = Dispatcher(store, {"test.send": handler}, owner="d1", per_target=2)
+    drain = asyncio.create_task(dispatcher.drain_once())
+    await asyncio.sleep(0.2)
+    async with store.transaction() as tx:
+        claimed = Counter(m.target for m in await tx.outbox_messages() if m.attempts)
+    assert claimed == Counter({"SLOW": 2, "OTHER": 1})
+    release.set()
+    stats = await asyncio.wait_for(drain, 5)
+    assert stats.done == 7
+
+
+async def test_a_handlers_record_commits_with_the_completion(store: Store) -> None:
+    """What a handler returns is written in the transaction that marks its message done; if
+    writing it fails, the message is retried as ambiguous (its effect happened: ask first)."""
+    await enqueue(store, [message(1), message(2)])
+    cursor_at = BASE
+
+    async def handler(m: OutboxMessage) -> Record:
+        async def record(tx: Tx) -> None:
+            if m.payload["n"] == 2:
+                raise RuntimeError("disk full")
+            await tx.set_cursor(Cursor(shop="s", stream=f"n{m.payload['n']}", position=cursor_at))
+
+        return record
+
+    stats = await Dispatcher(store, {"test.send": handler}, owner="d1").drain_once()
+    assert (stats.done, stats.retried) == (1, 1)
+    async with store.read() as tx:
+        assert await tx.get_cursor("s", "n1") is not None
+        assert await tx.get_cursor("s", "n2") is None
+        by_n = {m.payload["n"]: m for m in await tx.outbox_messages()}
+    assert by_n[1].status == OutboxStatus.DONE
+    assert by_n[2].status == OutboxStatus.PENDING and by_n[2].ambiguous
+    assert "disk full" in by_n[2].last_error
 
 
 async def test_two_dispatchers_never_send_the_same_message(store: Store, database_url: str) -> None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from api.server import free_port
 from config import load_settings
@@ -36,20 +36,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.postgres]
 LEASE_TTL = 3.0
 
 
-async def emptied(url: str) -> None:
-    store = Store.open(url)
-    try:
-        names = ", ".join(f'"{table.name}"' for table in t.metadata.sorted_tables)
-        async with store.engine.begin() as conn:
-            await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    finally:
-        await store.close()
-
-
 async def test_three_replicas_share_the_work_once_and_survive_a_kill(
-    postgres_url: str, tmp_path: Path
+    fresh_postgres_url: str, tmp_path: Path
 ) -> None:
-    await emptied(postgres_url)
+    postgres_url = fresh_postgres_url
     async with Sandbox(
         seed=17, profile="calm", rate=3.0, backlog=60, backlog_days=0.5, ship_delay=0.3
     ) as sb:

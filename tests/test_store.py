@@ -1,5 +1,6 @@
 """The store contract, run on SQLite and on PostgreSQL (one suite, both backends)."""
 
+import asyncio
 from datetime import timedelta
 from decimal import Decimal
 
@@ -180,6 +181,30 @@ async def test_cursor_moves_in_the_same_transaction_as_the_orders(store: Store) 
     async with store.transaction() as tx:
         found = await tx.get_cursor("tmall-flagship", "orders")
     assert found is not None and found.position == BASE + timedelta(hours=1)
+
+
+async def test_reads_see_committed_state_without_waiting_for_a_writer(store: Store) -> None:
+    """`Store.read()` does not queue behind a write transaction held open by another task (on
+    SQLite it reads a WAL snapshot on its own connection), and sees only what was committed."""
+    cursor = Cursor(shop="tmall-flagship", stream="orders", position=BASE)
+    writing, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_writer() -> None:
+        async with store.transaction() as tx:
+            await tx.set_cursor(cursor)
+            writing.set()
+            await release.wait()
+
+    writer = asyncio.create_task(slow_writer())
+    await writing.wait()
+    async with asyncio.timeout(5):
+        async with store.read() as tx:
+            assert await tx.get_cursor("tmall-flagship", "orders") is None
+    release.set()
+    await writer
+    async with store.read() as tx:
+        found = await tx.get_cursor("tmall-flagship", "orders")
+    assert found is not None and found.position == BASE
 
 
 async def test_runs_and_errors_are_recorded(store: Store, clock: FixedClock) -> None:
