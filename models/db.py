@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+SQLITE_POOL_SIZE = 20
+
 # Execution option of a connection whose transactions only read (`Store.read`).
 READ_ONLY = "ecomhub_read_only"
 
@@ -49,6 +51,12 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        # Readers run side by side (`Store.read`); a connection beyond the pool's size is
+        # closed when returned, and each new aiosqlite connection starts a thread and runs the
+        # pragmas below: keep enough of them for the dispatcher's concurrent sends.
+        kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
     engine = create_async_engine(async_url(url), **kwargs)
     if is_sqlite(engine):
         database = make_url(url).database
