@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 from sqlalchemy import (
     Row,
@@ -260,8 +260,12 @@ def _kg(grams: int | None) -> Decimal | None:
 
 def _parcels(row: Row[Any], with_time: bool = False) -> list[Parcel]:
     """The parcels of one `_parcel_query` row (unpacked by position: a bill has a million)."""
-    _, waybill, carrier, weight_g, raw, code, province, *rest = tuple(row)
-    shipped_at = rest[0] if with_time else None
+    values = cast(tuple[Any, ...], row)
+    if with_time:
+        _, waybill, carrier, weight_g, raw, code, province, shipped_at = values
+    else:
+        _, waybill, carrier, weight_g, raw, code, province = values
+        shipped_at = None
     province = province or ""
     if isinstance(raw, str):  # SQLite hands the JSON text over: decode only multi-parcel ones
         packages = json.loads(raw) if raw.count('"waybill"') > 1 else []
@@ -2196,17 +2200,19 @@ class Tx:
         row = (await self.connection.execute(statement)).first()
         return None if row is None else int(row.id)
 
-    async def add_bill_lines(self, bill_id: int, lines: Sequence[BillLineRow]) -> None:
+    async def add_bill_lines(self, bill_id: int, lines: Sequence[Sequence[Any]]) -> None:
         """The readable lines of a bill: one driver-level executemany of plain tuples (a bill
-        may have a million lines; SQLAlchemy's per-value processing would dominate)."""
+        may have a million lines; SQLAlchemy's per-value processing would dominate). Each line
+        starts with the fields of a `BillLineRow`, in order; what follows is not stored."""
         if not lines:
             return
         columns = ("bill_id", *BillLineRow._fields)
+        width = len(BillLineRow._fields)
         mark = "?" if self._dialect == "sqlite" else "%s"
         await self.connection.exec_driver_sql(
             f"INSERT INTO {t.bill_lines.name} ({', '.join(columns)}) "
             f"VALUES ({', '.join([mark] * len(columns))})",
-            [(bill_id, *line) for line in lines],
+            [(bill_id, *line[:width]) for line in lines],
         )
 
     async def finish_bill(

@@ -50,7 +50,7 @@ from models.domain import (
     ReportKind,
     normalize_province,
 )
-from models.store import BillLineRow, Parcel, Store, Tx, to_fen, to_grams
+from models.store import Parcel, Store, Tx, to_fen, to_grams
 from sync.errors import HubError
 
 log = structlog.get_logger("ecomhub.sync.reconcile")
@@ -129,26 +129,18 @@ class RateCard:
 
 
 class Line(NamedTuple):
-    """One readable bill line (provinces in short form, the date a CST `yyyy-mm-dd` or "")."""
+    """One readable bill line (provinces in short form, the date a CST `yyyy-mm-dd` or ""). Its
+    first fields are a `BillLineRow`'s, in order: `Tx.add_bill_lines` stores it as it is."""
 
     line_no: int
     waybill: str
     ship_date: str
     origin_province: str
     dest_province: str
+    weight_g: int
+    amount_fen: int
     weight_kg: Decimal
     amount: Decimal
-
-    def stored(self) -> BillLineRow:
-        return BillLineRow(
-            self.line_no,
-            self.waybill,
-            self.ship_date,
-            self.origin_province,
-            self.dest_province,
-            to_grams(self.weight_kg) or 0,
-            to_fen(self.amount),
-        )
 
 
 class UnreadableLine(NamedTuple):
@@ -198,6 +190,12 @@ def _xlsx_rows(path: Path) -> Iterator[tuple[int, Sequence[Any]]]:
         yield from enumerate(sheet.iter_rows(values_only=True), start=1)
     finally:
         book.close()
+
+
+def _blank(row: Sequence[Any]) -> bool:
+    if type(row) is list:  # a CSV row: text cells only
+        return not "".join(row).strip()
+    return not any(cell is not None and _text(cell) for cell in row)
 
 
 def _text(value: Any) -> str:
@@ -267,6 +265,9 @@ def _ship_date(value: Any) -> str:
     raise ValueError(f"寄件日期 {text!r} is not a date")
 
 
+_MEASURE_CACHE = 100_000
+"""Distinct weights (and amounts) remembered per bill; beyond, cells are parsed each time."""
+
 _PROVINCE_LENGTH = 16
 """The store's province columns are this wide; a longer cell is no province."""
 
@@ -280,6 +281,11 @@ class BillReader:
         self.headers: dict[BillField, str] = {**BILL_HEADERS, **(columns or {})}
         self._provinces: dict[Any, str] = {}
         self._dates: dict[Any, str] = {}
+        # Cell → (number, in grams or fen). A bill repeats few weights and amounts: parsing
+        # each once, and handing on the same Decimal (which caches its hash), is most of a
+        # line's cost saved.
+        self._weights: dict[Any, tuple[Decimal, int]] = {}
+        self._amounts: dict[Any, tuple[Decimal, int]] = {}
 
     def __iter__(self) -> Iterator[Line | UnreadableLine]:
         if not self.path.is_file():
@@ -287,7 +293,7 @@ class BillReader:
         rows = _xlsx_rows(self.path) if _is_xlsx(self.path) else _csv_rows(self.path)
         index: list[int] | None = None
         for line_no, row in rows:
-            if not any(cell is not None and _text(cell) for cell in row):
+            if _blank(row):
                 continue  # blank lines (and trailing empty spreadsheet rows)
             if index is None:
                 index = self._header(row)
@@ -336,8 +342,12 @@ class BillReader:
         if len(waybill) > 64:
             return UnreadableLine(line_no, waybill[:64], "waybill longer than 64 characters")
         try:
-            weight = _number(row[at_weight] if at_weight < size else None, self.headers["weight"])
-            amount = _number(row[at_amount] if at_amount < size else None, self.headers["amount"])
+            weight, grams = self._measure(
+                row[at_weight] if at_weight < size else None, "weight", self._weights, to_grams
+            )
+            amount, fen = self._measure(
+                row[at_amount] if at_amount < size else None, "amount", self._amounts, to_fen
+            )
             raw_date = row[at_date] if 0 <= at_date < size else None
             ship_date = self._dates.get(raw_date)
             if ship_date is None:
@@ -346,7 +356,24 @@ class BillReader:
             dest = self._province(row[at_dest] if 0 <= at_dest < size else None)
         except ValueError as exc:
             return UnreadableLine(line_no, waybill, str(exc))
-        return Line(line_no, waybill, ship_date, origin, dest, weight, amount)
+        return Line(line_no, waybill, ship_date, origin, dest, grams, fen, weight, amount)
+
+    def _measure(
+        self,
+        cell: Any,
+        field: BillField,
+        seen: dict[Any, tuple[Decimal, int]],
+        to_int: Callable[[Decimal], int | None],
+    ) -> tuple[Decimal, int]:
+        # Keyed by type too for non-text cells: True == 1 as a key, but True is no number.
+        key = cell if type(cell) is str else (type(cell), cell)
+        found = seen.get(key)
+        if found is None:
+            number = _number(cell, self.headers[field])
+            found = (number, to_int(number) or 0)
+            if len(seen) < _MEASURE_CACHE:
+                seen[key] = found
+        return found
 
 
 # --- checking a bill ---------------------------------------------------------------------------
@@ -585,7 +612,7 @@ async def reconcile_bill(
             while chunk := await ahead:
                 ahead = asyncio.ensure_future(asyncio.to_thread(_next_chunk, lines))
                 readable, lookup = check.read(chunk)
-                await tx.add_bill_lines(bill_id, [line.stored() for line in readable])
+                await tx.add_bill_lines(bill_id, readable)
                 if lookup:
                     parcels = await tx.parcels_of_bill_lines(
                         bill_id, readable[0].line_no, readable[-1].line_no

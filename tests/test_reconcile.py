@@ -37,13 +37,14 @@ from models.domain import (
     ReportKind,
     Shipment,
 )
-from models.store import NewDeliveryOrder, Store
+from models.store import BillLineRow, NewDeliveryOrder, Store
 from sandbox.server import Sandbox
 from sync.errors import HubError
 from sync.metrics import HubMetrics
 from sync.reconcile import (
     BillFileError,
     BillReader,
+    Line,
     RateCard,
     UsageError,
     reconcile_bill,
@@ -733,3 +734,8 @@ def test_cst_period_bounds() -> None:
 
     assert _day_start("2026-11-19") == datetime(2026, 11, 19, tzinfo=CST)
     assert _day_start("2026-11-19").tzinfo is UTC
+
+
+def test_a_bill_line_starts_with_the_stored_columns() -> None:
+    """`Tx.add_bill_lines` stores the leading fields of a `Line` as a `BillLineRow`."""
+    assert Line._fields[: len(BillLineRow._fields)] == BillLineRow._fields
