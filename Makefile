@@ -22,8 +22,10 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The heavy tests (many subprocesses, timing-sensitive) run first, alone; the rest on xdist workers.
 test: lint
-	$(BIN)/pytest -q -n auto --maxprocesses 4 --dist loadgroup
+	$(BIN)/pytest -q -m heavy
+	$(BIN)/pytest -q -m "not heavy" -n auto --maxprocesses 4
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1184,6 +1184,7 @@ class Tx:
         targets: Sequence[str] | None = None,
         per_target: int | None = None,
         in_flight: Mapping[str, int] | None = None,
+        exclude_ids: Sequence[int] = (),
     ) -> list[OutboxMessage]:
         """Claim due messages for `owner` until `ttl` from now, oldest first; with `per_target`,
         no more of a target than its free send slots (`per_target` less what `in_flight` says
@@ -1211,6 +1212,8 @@ class Tx:
         )
         if targets is not None:
             query = query.where(t.outbox.c.target.in_(list(targets)))
+        if exclude_ids:  # the claimer's own sends under way (their claims may have expired)
+            query = query.where(t.outbox.c.id.not_in(list(exclude_ids)))
         if self._dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
         candidates = list(await self.connection.execute(query))
@@ -1241,6 +1244,23 @@ class Tx:
             .returning(*t.outbox.c)
         )
         return sorted((_outbox_from_row(r) for r in rows), key=lambda m: m.id or 0)
+
+    async def extend_outbox_claims(
+        self, owner: str, message_ids: Sequence[int], ttl: timedelta
+    ) -> int:
+        """Keep `owner`'s claims of messages it is still sending for `ttl` from now."""
+        if not message_ids:
+            return 0
+        result = await self.connection.execute(
+            update(t.outbox)
+            .where(
+                t.outbox.c.id.in_(list(message_ids)),
+                t.outbox.c.claimed_by == owner,
+                t.outbox.c.status == OutboxStatus.PENDING.value,
+            )
+            .values(claimed_until=self.clock.now() + ttl)
+        )
+        return int(result.rowcount)
 
     async def complete_outbox(self, message_id: int, owner: str) -> bool:
         now = self.clock.now()
@@ -2737,9 +2757,11 @@ class Store:
         """A transaction that only reads. On SQLite it is a WAL snapshot on its own connection:
         it neither queues behind this process's writers nor takes the database's write lock
         from other processes (a deferred BEGIN; `models.db`). Writing through it is a bug."""
-        if self._writer is None:
-            async with self.engine.begin() as connection:
-                yield Tx(connection, self.clock)
+        if self._writer is None:  # PostgreSQL: a READ ONLY transaction refuses writes
+            async with self.engine.connect() as connection:
+                reader = await connection.execution_options(postgresql_readonly=True)
+                async with reader.begin():
+                    yield Tx(reader, self.clock)
             return
         async with self.engine.connect() as connection:
             reader = await connection.execution_options(**{READ_ONLY: True})

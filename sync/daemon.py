@@ -601,3 +601,5 @@ class Daemon:
         finally:
             for task in fetching:
                 task.cancel()
+            if fetching:  # their rollbacks finish before the daemon closes its connections
+                await asyncio.wait(fetching)

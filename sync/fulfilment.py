@@ -546,10 +546,10 @@ class Effects:
                     f"{code} shipped before the cancel: intercept it",
                 )
                 return
-            await tx.set_delivery_state(
+            cancelled = await tx.set_delivery_state(
                 code, DeliveryState.CANCELLED, only_from=[DeliveryState.CANCEL_PENDING]
             )
-            if message.payload.get("recreate"):
+            if cancelled and message.payload.get("recreate"):  # once, with the cancel itself
                 await self._recreate(tx, order, delivery)
 
         return record
@@ -596,10 +596,21 @@ class Effects:
             return
         try:
             await market.ship(request)
-        except RejectedError:
+        except RejectedError as refusal:
+            current = await market.get_order(order_id, modified_hint=hint)
+            if (
+                maybe_sent(message)
+                and current is not None
+                and current.status in (OrderStatus.PAID, OrderStatus.PARTLY_SHIPPED)
+            ):
+                # "Already shipped" to a repeat, yet the order still reads unshipped: an
+                # earlier attempt landed and the platform's reads lag behind (JD's order search
+                # does). Ask again later; the connector's check then finds the waybill.
+                raise TransientError(
+                    f"{refusal}; the order does not read shipped yet: asking again later"
+                ) from refusal
             # The WMS shipped, but the buyer cancelled on the marketplace meanwhile: that is an
             # after-sales case for a person (intercept the parcel), not a message to retry.
-            current = await market.get_order(order_id, modified_hint=hint)
             if current is None or current.status not in (
                 OrderStatus.CANCELLED,
                 OrderStatus.CLOSED,

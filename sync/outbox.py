@@ -155,29 +155,32 @@ class Dispatcher:
         messages than it has free slots (`per_target`), so what is claimed starts at once and
         the rest stay free for other replicas."""
         stats = DrainStats()
-        in_flight: dict[asyncio.Future[Any], str] = {}
+        in_flight: dict[asyncio.Future[Any], OutboxMessage] = {}
         full: set[str] = set()  # targets the last claim left no free slot
         claim_now = True
-        last_claim = 0.0
+        last_claim = last_extended = time.monotonic()
         try:
             while True:
                 may_claim = len(in_flight) < self.batch and not (stop and stop.is_set())
                 if claim_now and may_claim:
                     self.wake.clear()
                     last_claim = time.monotonic()
-                    counts = Counter(in_flight.values())
-                    async with self.store.transaction() as tx:
-                        claimed = await tx.claim_outbox(
-                            self.owner,
-                            self.batch - len(in_flight),
-                            self.claim_ttl,
-                            per_target=self.per_target,
-                            in_flight=counts,
-                        )
+                    # Sends that outlive a third of the claim keep it: nobody else (and not this
+                    # loop) may take a message while it is being sent.
+                    extend = last_claim - last_extended >= self.claim_ttl.total_seconds() / 3
+                    try:
+                        claimed = await self._claim(list(in_flight.values()), extend)
+                    except Exception:
+                        if not in_flight:
+                            raise  # nothing under way: the caller reports and retries
+                        log.exception("claiming outbox messages failed; sends under way go on")
+                        claimed = []
+                    else:
+                        if extend:
+                            last_extended = last_claim
                     for message in claimed:
-                        sending = asyncio.ensure_future(self._send(message, stats))
-                        in_flight[sending] = message.target
-                    counts = Counter(in_flight.values())
+                        in_flight[asyncio.ensure_future(self._send(message, stats))] = message
+                    counts = Counter(m.target for m in in_flight.values())
                     full = {target for target, n in counts.items() if n >= self.per_target}
                 if not in_flight:
                     break  # all sent, and the claim just made found nothing (or may not be made)
@@ -194,8 +197,16 @@ class Dispatcher:
                 freed = set()
                 for task in done:
                     if task in in_flight:
-                        freed.add(in_flight.pop(task))
-                        task.result()  # `_send` records every failure of a send; this is a bug
+                        message = in_flight.pop(task)
+                        freed.add(message.target)
+                        if (failure := task.exception()) is not None:
+                            # Its outcome could not be recorded (the database failed): the claim
+                            # expires and the message is sent again, asked about first.
+                            log.error(
+                                "recording an outcome failed",
+                                message_id=message.id,
+                                error=repr(failure),
+                            )
                 # Claim again when something new was written, when a target left out for being
                 # full has a free slot, when nothing is in flight, or after a while (retries come
                 # due on their own).
@@ -206,13 +217,28 @@ class Dispatcher:
                     or time.monotonic() - last_claim >= self.RECLAIM_AFTER
                 )
         finally:
-            # Cancelled (shutdown past its grace period) or a bug: stop the sends in flight; their
-            # claims expire, and each message is asked about before it is sent again.
+            # Cancelled (shutdown past its grace period): stop the sends in flight; their claims
+            # expire, and each message is asked about before it is sent again.
             for task in in_flight:
                 task.cancel()
             if in_flight:
                 await asyncio.wait(in_flight)
         return stats
+
+    async def _claim(self, sending: list[OutboxMessage], extend: bool) -> list[OutboxMessage]:
+        """Claim what fits beside the messages being sent (never one of them again)."""
+        ids = [m.id for m in sending if m.id is not None]
+        async with self.store.transaction() as tx:
+            if extend and ids:
+                await tx.extend_outbox_claims(self.owner, ids, self.claim_ttl)
+            return await tx.claim_outbox(
+                self.owner,
+                self.batch - len(sending),
+                self.claim_ttl,
+                per_target=self.per_target,
+                in_flight=Counter(m.target for m in sending),
+                exclude_ids=ids,
+            )
 
     async def _send(self, message: OutboxMessage, stats: DrainStats) -> None:
         async with self._limit(message.target):
@@ -221,9 +247,11 @@ class Dispatcher:
         if attempt.outcome == "done":
             try:
                 async with self.store.transaction() as tx:
-                    if attempt.record is not None:
-                        await attempt.record(tx)
                     recorded = await tx.complete_outbox(message.id, self.owner)
+                    # With the claim lost, whoever holds the message now records its outcome
+                    # (or a callback settled it): never both.
+                    if recorded and attempt.record is not None:
+                        await attempt.record(tx)
             except Exception as exc:  # the effect happened; its record failed: ask, then retry
                 log.exception("recording a sent message failed", message_id=message.id)
                 attempt = self._retry(message, f"{type(exc).__name__}: {exc}", ambiguous=True)

@@ -123,20 +123,3 @@ async def store(database_url: str, clock: FixedClock) -> AsyncIterator[Store]:
     store = Store.open(database_url, clock)
     yield store
     await store.close()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow tests first, the heavy ones (many subprocesses, timing-sensitive) at the very front
-    and, under xdist (`make test`), all on one worker one after another: the long tail of the
-    run is then short tests spread over both workers, and two heavy tests never share the box."""
-    if config.pluginmanager.has_plugin("xdist"):
-        for item in items:
-            if item.get_closest_marker("heavy"):
-                item.add_marker(pytest.mark.xdist_group("heavy"))
-
-    def weight(item: pytest.Item) -> int:
-        if item.get_closest_marker("heavy"):
-            return 0
-        return 1 if item.get_closest_marker("slow") else 2
-
-    items.sort(key=weight)  # stable: collection order within each weight

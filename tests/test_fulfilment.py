@@ -5,6 +5,8 @@ from datetime import timedelta
 import pytest
 
 from config import Settings, ShopConfig, WarehouseConfig
+from connectors.base import ShipRequest, ShipResult
+from connectors.errors import RejectedError, TransientError
 from models.clock import FixedClock
 from models.domain import (
     HoldReason,
@@ -142,3 +144,40 @@ async def test_waybill_refused_because_the_buyer_cancelled_is_after_sales(
     assert [(h.platform_order_id, h.reason) for h in held] == [
         ("1001", HoldReason.AFTER_SALES.value)
     ]
+
+
+class LaggingMarketplace(FakeMarketplace):
+    """Recorded a shipment the hub lost track of: answers "already shipped" to a repeat, while
+    its reads still show the order unshipped (JD's order search lags)."""
+
+    async def ship(self, request: ShipRequest) -> ShipResult:
+        raise RejectedError("订单已出库 order already shipped", code="10400001")
+
+    async def shows_shipped(self, request: ShipRequest) -> bool:
+        return False
+
+
+async def test_already_shipped_to_a_repeat_while_reads_lag_is_asked_again_later(
+    store: Store, settings: Settings, clock: FixedClock
+) -> None:
+    market = LaggingMarketplace(clock=clock)
+    market.put(make_order("1001"))
+    effects = Effects(
+        store, settings, wms_for=lambda _: FakeWms(), marketplace_for=lambda _: market
+    )
+    ship = effects.handlers()[PLATFORM_SHIP]
+    payload = {
+        "code": f"{SHOP}-1001",
+        "platform_order_id": "1001",
+        "carrier": "SF",
+        "waybill": "SF1",
+        "line_ids": [],
+        "split": False,
+    }
+    first = OutboxMessage(
+        kind=PLATFORM_SHIP, target=SHOP, idempotency_key="k", payload=payload, attempts=1
+    )
+    with pytest.raises(RejectedError):  # a first send refused: the platform means it
+        await ship(first)
+    with pytest.raises(TransientError, match="does not read shipped yet"):
+        await ship(first.model_copy(update={"attempts": 2}))  # maybe sent before: ask later

@@ -240,6 +240,41 @@ async def test_a_handlers_record_commits_with_the_completion(store: Store) -> No
     assert "disk full" in by_n[2].last_error
 
 
+async def test_a_send_outliving_its_claim_is_not_sent_again(
+    store: Store, clock: FixedClock
+) -> None:
+    """A send that takes longer than the claim: the dispatcher keeps the claim, never claims
+    the message again itself, and records its outcome once."""
+    await enqueue(store, [message(1)])
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def handler(m: OutboxMessage) -> Record:
+        calls.append(m.attempts)
+        await release.wait()
+
+        async def record(tx: Tx) -> None:
+            await tx.set_cursor(Cursor(shop="s", stream="sent", position=BASE))
+
+        return record
+
+    dispatcher = Dispatcher(
+        store, {"test.send": handler}, owner="d1", claim_ttl=timedelta(seconds=1.5)
+    )
+    drain = asyncio.create_task(dispatcher.drain_once())
+    await asyncio.sleep(0.1)
+    for _ in range(4):  # 2.4 s in all, past the first claim's end; each wake-up claims
+        clock.advance(timedelta(seconds=0.6))
+        dispatcher.wake.set()
+        await asyncio.sleep(0.6)
+    async with store.transaction() as tx:  # kept: another replica cannot take it either
+        assert await tx.claim_outbox("d2", 10, timedelta(minutes=1)) == []
+    release.set()
+    stats = await asyncio.wait_for(drain, 5)
+    assert calls == [1] and stats.done == 1
+    assert await statuses(store) == Counter({"done": 1})
+
+
 async def test_two_dispatchers_never_send_the_same_message(store: Store, database_url: str) -> None:
     """Two dispatchers (separate engines, as two replicas would have) drain one outbox."""
     stores = [Store.open(database_url), Store.open(database_url)]

@@ -5,6 +5,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from models.clock import FixedClock
 from models.domain import (
@@ -205,6 +206,10 @@ async def test_reads_see_committed_state_without_waiting_for_a_writer(store: Sto
     async with store.read() as tx:
         found = await tx.get_cursor("tmall-flagship", "orders")
     assert found is not None and found.position == BASE
+    if store.backend == "postgresql":  # a write through read() is refused, not committed
+        with pytest.raises(DBAPIError, match="read-only"):
+            async with store.read() as tx:
+                await tx.set_cursor(cursor.model_copy(update={"position": BASE + timedelta(1)}))
 
 
 async def test_runs_and_errors_are_recorded(store: Store, clock: FixedClock) -> None:
