@@ -31,6 +31,15 @@ from tests.factories import make_order
 from tests.fakes import FakeMarketplace, FakeWms
 
 SHOP = "tmall-flagship"
+SHIP_1001 = {
+    "code": f"{SHOP}-1001",
+    "platform_order_id": "1001",
+    "carrier": "SF",
+    "waybill": "SF1",
+    "line_ids": [],
+    "split": False,
+}
+"""The waybill of order 1001's delivery order, as a `platform.ship` message carries it."""
 
 
 @pytest.fixture
@@ -126,14 +135,7 @@ async def test_waybill_refused_because_the_buyer_cancelled_is_after_sales(
                     kind=PLATFORM_SHIP,
                     target=SHOP,
                     idempotency_key=f"{PLATFORM_SHIP}:{SHOP}-1001",
-                    payload={
-                        "code": f"{SHOP}-1001",
-                        "platform_order_id": "1001",
-                        "carrier": "SF",
-                        "waybill": "SF1",
-                        "line_ids": [],
-                        "split": False,
-                    },
+                    payload=SHIP_1001,
                 )
             ]
         )
@@ -166,16 +168,8 @@ async def test_already_shipped_to_a_repeat_while_reads_lag_is_asked_again_later(
         store, settings, wms_for=lambda _: FakeWms(), marketplace_for=lambda _: market
     )
     ship = effects.handlers()[PLATFORM_SHIP]
-    payload = {
-        "code": f"{SHOP}-1001",
-        "platform_order_id": "1001",
-        "carrier": "SF",
-        "waybill": "SF1",
-        "line_ids": [],
-        "split": False,
-    }
     first = OutboxMessage(
-        kind=PLATFORM_SHIP, target=SHOP, idempotency_key="k", payload=payload, attempts=1
+        kind=PLATFORM_SHIP, target=SHOP, idempotency_key="k", payload=SHIP_1001, attempts=1
     )
     with pytest.raises(RejectedError):  # a first send refused: the platform means it
         await ship(first)
