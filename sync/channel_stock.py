@@ -46,6 +46,7 @@ from connectors.base import Listing, Marketplace, StockUpdate
 from connectors.errors import ConnectorError, RejectedError, TransientError
 from models.domain import Cursor, OutboxMessage
 from models.store import Store, StoredListing, Tx
+from sync.leases import keep_lease
 from sync.mapping import ResolvedLine, SkuResolver
 from sync.outbox import Record
 from sync.review import load_resolver
@@ -337,7 +338,8 @@ async def stock_lease(
     store: Store, owner: str, ttl: timedelta, *, wait: float = 60.0
 ) -> AsyncIterator[None]:
     """Hold the `stock-sync` lease (the daemon's job holds the same one) while the body runs:
-    wait up to `wait` seconds for it, renew it every third of `ttl`, give it back at the end."""
+    wait up to `wait` seconds for it, keep it (`keep_lease`: the body is cancelled if it is
+    lost), give it back at the end."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
@@ -350,13 +352,9 @@ async def stock_lease(
             raise TimeoutError(f"a stock sync is running elsewhere ({who}); try again later")
         await asyncio.sleep(0.5)
 
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(ttl.total_seconds() / 3)
-            async with store.transaction() as tx:
-                await tx.acquire_lease(STOCK_SYNC_JOB, owner, ttl)
-
-    renewer = asyncio.create_task(renew())
+    body = asyncio.current_task()
+    assert body is not None
+    renewer = asyncio.create_task(keep_lease(store, STOCK_SYNC_JOB, owner, ttl, body))
     try:
         yield
     finally:

@@ -49,6 +49,7 @@ from sync.erp import ErpEffects, poll_purchase_orders
 from sync.errors import HubError
 from sync.fulfilment import Effects, route_all
 from sync.hints import consume_hints
+from sync.leases import keep_lease
 from sync.metrics import HubMetrics
 from sync.orders import OrderPuller
 from sync.outbox import Dispatcher, RetrySchedule
@@ -350,7 +351,9 @@ class Daemon:
             self.metrics.job_finished(name, 0.0, "skipped")
             return
         job: asyncio.Future[None] = asyncio.ensure_future(work())
-        renew = asyncio.create_task(self._renew(name, job))
+        renew = asyncio.create_task(
+            keep_lease(self.store, name, self.owner, self.options.lease_ttl, job)
+        )
         started = time.monotonic()
         outcome = "ok"
         try:
@@ -384,21 +387,6 @@ class Daemon:
                     log.info("took over the lease of a stopped process", job=name, was=holder[0])
                 return taken
         return False
-
-    async def _renew(self, name: str, job: asyncio.Future[None]) -> None:
-        every = self.options.lease_ttl.total_seconds() / 3
-        while not job.done():
-            await asyncio.sleep(every)
-            try:
-                async with self.store.transaction() as tx:
-                    kept = await tx.acquire_lease(name, self.owner, self.options.lease_ttl)
-            except Exception as exc:  # the database blinked: try again before the lease ends
-                log.warning("lease renewal failed", job=name, error=str(exc))
-                continue
-            if not kept:
-                log.error("lease lost to another replica; stopping the job", job=name)
-                job.cancel()
-                return
 
     async def _hold_replica_lease(self) -> None:
         if await self._acquire(REPLICA_LEASE):
