@@ -598,23 +598,25 @@ class Effects:
             await market.ship(request)
         except RejectedError as refusal:
             current = await market.get_order(order_id, modified_hint=hint)
-            if (
-                maybe_sent(message)
-                and current is not None
-                and current.status in (OrderStatus.PAID, OrderStatus.PARTLY_SHIPPED)
-            ):
-                # "Already shipped" to a repeat, yet the order still reads unshipped: an
-                # earlier attempt landed and the platform's reads lag behind (JD's order search
-                # does). Ask again later; the connector's check then finds the waybill.
-                raise TransientError(
-                    f"{refusal}; the order does not read shipped yet: asking again later"
-                ) from refusal
-            # The WMS shipped, but the buyer cancelled on the marketplace meanwhile: that is an
-            # after-sales case for a person (intercept the parcel), not a message to retry.
-            if current is None or current.status not in (
+            closed = current is not None and current.status in (
                 OrderStatus.CANCELLED,
                 OrderStatus.CLOSED,
-            ):
+            )
+            if (maybe_sent(message) or payload.get("split")) and current is not None and not closed:
+                # Refused ("already shipped") where a shipment most likely landed: an earlier
+                # attempt of this message, or another parcel of a split order (JD takes one
+                # waybill per order). The connector's check of the waybill read the order a
+                # moment ago; reads lag (JD's order search serves the previous version for a
+                # while), so look again, and ask again later while it still reads unshipped.
+                if current.status in (OrderStatus.PAID, OrderStatus.PARTLY_SHIPPED):
+                    raise TransientError(
+                        f"{refusal}; the order does not read shipped yet: asking again later"
+                    ) from refusal
+                if await market.shows_shipped(request):
+                    return  # it reads shipped with this waybill now
+            # The WMS shipped, but the buyer cancelled on the marketplace meanwhile: that is an
+            # after-sales case for a person (intercept the parcel), not a message to retry.
+            if current is None or not closed:
                 raise
             async with self.store.transaction() as tx:
                 await tx.upsert_orders([current])

@@ -69,7 +69,13 @@ async def diagnose(hub: Store, sb: Sandbox) -> str:
         f"deliveries {dict(states)}; outbox {dict(outbox)}; errors {sorted(errors)[:3]}; "
         f"wms {dict(wms)}; callbacks pending {len(sb.qimen.pending_callbacks)}; "
         f"erp purchase orders {erp.purchase_orders}, receipts {erp.receipts}, "
-        f"sales documents {erp.sales_outbounds}"
+        f"sales documents {erp.sales_outbounds}; dead letters "
+        + "; ".join(
+            f"{m.idempotency_key} after {m.attempts} attempts"
+            f"{' (ambiguous)' if m.ambiguous else ''}: {m.last_error}"
+            for m in messages
+            if m.status == OutboxStatus.DEAD
+        )
     )
 
 

@@ -155,8 +155,12 @@ class LaggingMarketplace(FakeMarketplace):
     async def ship(self, request: ShipRequest) -> ShipResult:
         raise RejectedError("订单已出库 order already shipped", code="10400001")
 
+    reads_shipped_after: int = 1_000
+    """How many `shows_shipped` reads still see the previous version."""
+
     async def shows_shipped(self, request: ShipRequest) -> bool:
-        return False
+        self.reads_shipped_after -= 1
+        return self.reads_shipped_after < 0
 
 
 async def test_already_shipped_to_a_repeat_while_reads_lag_is_asked_again_later(
@@ -173,5 +177,13 @@ async def test_already_shipped_to_a_repeat_while_reads_lag_is_asked_again_later(
     )
     with pytest.raises(RejectedError):  # a first send refused: the platform means it
         await ship(first)
+    parcel = first.model_copy(update={"payload": {**SHIP_1001, "split": True, "line_ids": ["1"]}})
+    with pytest.raises(TransientError, match="does not read shipped yet"):
+        await ship(parcel)  # … unless another parcel of the order shipped it: ask later
     with pytest.raises(TransientError, match="does not read shipped yet"):
         await ship(first.model_copy(update={"attempts": 2}))  # maybe sent before: ask later
+    # The lag ends between the connector's check and the handler's look: the order reads
+    # shipped, with this waybill, by the second look.
+    market.put(make_order("1001", status=OrderStatus.SHIPPED, modified_minutes=5))
+    market.reads_shipped_after = 1
+    assert await ship(first.model_copy(update={"attempts": 2})) is None
