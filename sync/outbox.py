@@ -159,25 +159,23 @@ class Dispatcher:
         full: set[str] = set()  # targets the last claim left no free slot
         claim_now = True
         last_claim = last_extended = time.monotonic()
+        keep_every = self.claim_ttl.total_seconds() / 3
         try:
             while True:
+                if in_flight and time.monotonic() - last_extended >= keep_every:
+                    last_extended = time.monotonic()
+                    await self._keep_claims(list(in_flight.values()))
                 may_claim = len(in_flight) < self.batch and not (stop and stop.is_set())
                 if claim_now and may_claim:
                     self.wake.clear()
                     last_claim = time.monotonic()
-                    # Sends that outlive a third of the claim keep it: nobody else (and not this
-                    # loop) may take a message while it is being sent.
-                    extend = last_claim - last_extended >= self.claim_ttl.total_seconds() / 3
                     try:
-                        claimed = await self._claim(list(in_flight.values()), extend)
+                        claimed = await self._claim(list(in_flight.values()))
                     except Exception:
                         if not in_flight:
                             raise  # nothing under way: the caller reports and retries
                         log.exception("claiming outbox messages failed; sends under way go on")
                         claimed = []
-                    else:
-                        if extend:
-                            last_extended = last_claim
                     for message in claimed:
                         in_flight[asyncio.ensure_future(self._send(message, stats))] = message
                     counts = Counter(m.target for m in in_flight.values())
@@ -225,12 +223,20 @@ class Dispatcher:
                 await asyncio.wait(in_flight)
         return stats
 
-    async def _claim(self, sending: list[OutboxMessage], extend: bool) -> list[OutboxMessage]:
+    async def _keep_claims(self, sending: list[OutboxMessage]) -> None:
+        """Sends that outlive a third of their claim keep it: nobody else (and not this
+        dispatcher) may take a message while it is being sent."""
+        ids = [m.id for m in sending if m.id is not None]
+        try:
+            async with self.store.transaction() as tx:
+                await tx.extend_outbox_claims(self.owner, ids, self.claim_ttl)
+        except Exception:  # tried again a third of the claim later, before it ends
+            log.exception("extending outbox claims failed")
+
+    async def _claim(self, sending: list[OutboxMessage]) -> list[OutboxMessage]:
         """Claim what fits beside the messages being sent (never one of them again)."""
         ids = [m.id for m in sending if m.id is not None]
         async with self.store.transaction() as tx:
-            if extend and ids:
-                await tx.extend_outbox_claims(self.owner, ids, self.claim_ttl)
             return await tx.claim_outbox(
                 self.owner,
                 self.batch - len(sending),
