@@ -1570,6 +1570,30 @@ class Tx:
             return None
         return _order_from_rows(row, (await self._lines_of([row.id])).get(row.id, []))
 
+    async def receiver_of_delivery(self, code: str) -> Address | None:
+        """The receiver of the order a delivery order ships (one row; no lines read)."""
+        row = (
+            await self.connection.execute(
+                select(t.orders)
+                .join(t.delivery_orders, t.delivery_orders.c.order_id == t.orders.c.id)
+                .where(t.delivery_orders.c.code == code)
+            )
+        ).first()
+        return None if row is None else _order_from_rows(row, []).receiver
+
+    async def order_modified(self, shop: str, platform_order_id: str) -> datetime | None:
+        """The platform's modified time of the stored version of an order."""
+        return cast(
+            datetime | None,
+            (
+                await self.connection.execute(
+                    select(t.orders.c.modified).where(
+                        t.orders.c.shop == shop, t.orders.c.platform_order_id == platform_order_id
+                    )
+                )
+            ).scalar(),
+        )
+
     async def add_shipment(self, shipment: Shipment) -> bool:
         """Record a WMS shipment once per (warehouse, outBizCode); False for a repeat."""
         statement = (

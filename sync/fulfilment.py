@@ -576,8 +576,7 @@ class Effects:
         carrier = next((c for c in self.settings.carriers if c.code == carrier_code), None)
         order_id = str(payload["platform_order_id"])
         async with self.store.read() as tx:
-            stored = await tx.get_order(shop.code, order_id)
-        hint = stored.order.modified if stored else None
+            hint = await tx.order_modified(shop.code, order_id)
         market = self.marketplace(shop.code)
         request = ShipRequest(
             platform_order_id=order_id,
@@ -634,8 +633,7 @@ class Effects:
         payload = message.payload
         tracker = self.tracker()
         async with self.store.read() as tx:
-            order = await tx.order_of_delivery(str(payload["code"]))
-        receiver = (order.receiver if order else None) or Address()
+            receiver = await tx.receiver_of_delivery(str(payload["code"])) or Address()
         await tracker.subscribe(
             TrackingRequest(
                 carrier=str(payload["carrier"]),

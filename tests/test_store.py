@@ -23,7 +23,7 @@ from models.domain import (
     SyncError,
     SyncRun,
 )
-from models.store import Store, from_fen, to_fen
+from models.store import NewDeliveryOrder, Store, from_fen, to_fen
 from tests.factories import BASE, make_order
 
 
@@ -210,6 +210,21 @@ async def test_reads_see_committed_state_without_waiting_for_a_writer(store: Sto
         with pytest.raises(DBAPIError, match="read-only"):
             async with store.read() as tx:
                 await tx.set_cursor(cursor.model_copy(update={"position": BASE + timedelta(1)}))
+
+
+async def test_light_lookups_of_an_order(store: Store) -> None:
+    """What a ship confirm and a tracking subscription need, without reading the lines."""
+    order = make_order("1001", modified_minutes=7)
+    async with store.transaction() as tx:
+        await tx.upsert_orders([order])
+        await tx.add_delivery_orders(
+            "tmall-flagship", "1001", [NewDeliveryOrder("tmall-flagship-1001", "WH-EAST", ())]
+        )
+    async with store.read() as tx:
+        assert await tx.order_modified("tmall-flagship", "1001") == order.modified
+        assert await tx.order_modified("tmall-flagship", "404") is None
+        assert await tx.receiver_of_delivery("tmall-flagship-1001") == order.receiver
+        assert await tx.receiver_of_delivery("nothing") is None
 
 
 async def test_runs_and_errors_are_recorded(store: Store, clock: FixedClock) -> None:
