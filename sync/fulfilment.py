@@ -21,6 +21,7 @@ changes are applied once per outBizCode.
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -398,6 +399,11 @@ async def apply_tracking(tx: Tx, update: TrackingUpdate, raw: str = "") -> Track
 # --- handlers --------------------------------------------------------------------------------
 
 
+SHIP_READS_SETTLE = timedelta(minutes=2)
+"""How long after a shipment a refused waybill confirm of an order that still reads shippable is
+asked again rather than counted: longer than a marketplace's reads lag behind its state."""
+
+
 def _created(code: str, wms_order_id: str) -> Record:
     """The WMS holds delivery order `code` (as `wms_order_id`)."""
 
@@ -601,18 +607,25 @@ class Effects:
                 OrderStatus.CANCELLED,
                 OrderStatus.CLOSED,
             )
-            if (maybe_sent(message) or payload.get("split")) and current is not None and not closed:
-                # Refused ("already shipped") where a shipment most likely landed: an earlier
-                # attempt of this message, or another parcel of a split order (JD takes one
-                # waybill per order). The connector's check of the waybill read the order a
-                # moment ago; reads lag (JD's order search serves the previous version for a
-                # while), so look again, and ask again later while it still reads unshipped.
-                if current.status in (OrderStatus.PAID, OrderStatus.PARTLY_SHIPPED):
-                    raise TransientError(
-                        f"{refusal}; the order does not read shipped yet: asking again later"
-                    ) from refusal
-                if await market.shows_shipped(request):
+            if current is not None and not closed:
+                # Refused, yet the order reads as if it could ship: the read is behind the
+                # platform's own state (JD's order search serves the previous version for a
+                # while). Either a shipment landed (a repeat of this message, or another parcel
+                # of a split order: JD takes one waybill per order) or the buyer cancelled a
+                # moment ago. Look again; while the shipment is recent, ask again later rather
+                # than let a stale read decide. A paused order (JD LOCKED) waits for release.
+                if (maybe_sent(message) or payload.get("split")) and await market.shows_shipped(
+                    request
+                ):
                     return  # it reads shipped with this waybill now
+                now = self.store.clock.now()
+                recent = now - (message.created_at or now) < SHIP_READS_SETTLE
+                if current.status == OrderStatus.PAUSED or (
+                    recent and current.status in (OrderStatus.PAID, OrderStatus.PARTLY_SHIPPED)
+                ):
+                    raise TransientError(
+                        f"{refusal}; the order reads {current.status.value}: asking again later"
+                    ) from refusal
             # The WMS shipped, but the buyer cancelled on the marketplace meanwhile: that is an
             # after-sales case for a person (intercept the parcel), not a message to retry.
             if current is None or not closed:
