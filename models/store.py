@@ -1558,27 +1558,24 @@ class Tx:
         lines = await self._lines_of([row.id for row in rows])
         return [_order_from_rows(row, lines.get(row.id, [])) for row in rows]
 
-    async def order_of_delivery(self, code: str) -> Order | None:
-        row = (
+    async def _order_row_of_delivery(self, code: str) -> Row[Any] | None:
+        return (
             await self.connection.execute(
                 select(t.orders)
                 .join(t.delivery_orders, t.delivery_orders.c.order_id == t.orders.c.id)
                 .where(t.delivery_orders.c.code == code)
             )
         ).first()
+
+    async def order_of_delivery(self, code: str) -> Order | None:
+        row = await self._order_row_of_delivery(code)
         if row is None:
             return None
         return _order_from_rows(row, (await self._lines_of([row.id])).get(row.id, []))
 
     async def receiver_of_delivery(self, code: str) -> Address | None:
         """The receiver of the order a delivery order ships (one row; no lines read)."""
-        row = (
-            await self.connection.execute(
-                select(t.orders)
-                .join(t.delivery_orders, t.delivery_orders.c.order_id == t.orders.c.id)
-                .where(t.delivery_orders.c.code == code)
-            )
-        ).first()
+        row = await self._order_row_of_delivery(code)
         return None if row is None else _order_from_rows(row, []).receiver
 
     async def order_modified(self, shop: str, platform_order_id: str) -> datetime | None:
