@@ -2778,14 +2778,10 @@ class Store:
         """A transaction that only reads. On SQLite it is a WAL snapshot on its own connection:
         it neither queues behind this process's writers nor takes the database's write lock
         from other processes (a deferred BEGIN; `models.db`). Writing through it is a bug."""
-        if self._writer is None:  # PostgreSQL: a READ ONLY transaction refuses writes
-            async with self.engine.connect() as connection:
-                reader = await connection.execution_options(postgresql_readonly=True)
-                async with reader.begin():
-                    yield Tx(reader, self.clock)
-            return
+        # PostgreSQL: a READ ONLY transaction, which refuses writes.
+        option = READ_ONLY if self._writer is not None else "postgresql_readonly"
         async with self.engine.connect() as connection:
-            reader = await connection.execution_options(**{READ_ONLY: True})
+            reader = await connection.execution_options(**{option: True})
             async with reader.begin():
                 yield Tx(reader, self.clock)
 

@@ -575,7 +575,7 @@ class Effects:
         )
         await tx.enqueue([_create_message(code, delivery.warehouse)])
 
-    async def ship(self, message: OutboxMessage) -> None:
+    async def ship(self, message: OutboxMessage) -> Record | None:
         payload = message.payload
         shop = self.settings.shop(str(message.target))
         carrier_code = str(payload["carrier"])
@@ -598,7 +598,7 @@ class Effects:
                 shop=shop.code,
                 code=payload.get("code"),
             )
-            return
+            return None
         try:
             await market.ship(request)
         except RejectedError as refusal:
@@ -617,7 +617,7 @@ class Effects:
                 if (maybe_sent(message) or payload.get("split")) and await market.shows_shipped(
                     request
                 ):
-                    return  # it reads shipped with this waybill now
+                    return None  # it reads shipped with this waybill now
                 now = self.store.clock.now()
                 recent = now - (message.created_at or now) < SHIP_READS_SETTLE
                 if current.status == OrderStatus.PAUSED or (
@@ -630,8 +630,10 @@ class Effects:
             # after-sales case for a person (intercept the parcel), not a message to retry.
             if current is None or not closed:
                 raise
-            async with self.store.transaction() as tx:
-                await tx.upsert_orders([current])
+            closed_order = current
+
+            async def after_sales(tx: Tx) -> None:
+                await tx.upsert_orders([closed_order])
                 await tx.set_review(
                     shop.code,
                     order_id,
@@ -640,6 +642,9 @@ class Effects:
                     f"{payload['code']} shipped ({payload['waybill']}) after the order was "
                     "closed on the marketplace: intercept the parcel",
                 )
+
+            return after_sales
+        return None
 
     async def subscribe_tracking(self, message: OutboxMessage) -> None:
         """Subscribe a shipped waybill; the service then pushes to `TRACKING_CALLBACK_PATH`."""
