@@ -67,7 +67,7 @@ BILL_HEADERS: dict[BillField, str] = {
 }
 """The default header of each bill field (decisions.md); a carrier's `bill_columns` overrides."""
 REQUIRED_FIELDS: tuple[BillField, ...] = ("waybill", "weight", "amount")
-CHUNK = 2000
+CHUNK = 5000
 """Bill lines read, stored and matched per round trip."""
 
 LOGISTICS_KINDS = (
