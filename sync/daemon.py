@@ -346,7 +346,13 @@ class Daemon:
 
     async def _leased(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         logger = log.bind(job=name)
-        if not await self._acquire(name):
+        try:
+            acquired = await self._acquire(name)
+        except Exception as exc:  # the store is down or restarting: the next tick tries again
+            logger.warning("job skipped: its lease could not be taken", error=str(exc)[:300])
+            self.metrics.job_finished(name, 0.0, "failed")
+            return
+        if not acquired:
             logger.debug("another replica holds the lease; skipped")
             self.metrics.job_finished(name, 0.0, "skipped")
             return

@@ -130,6 +130,30 @@ async def test_a_job_runs_only_under_its_lease(database_url: str) -> None:
         await store.close()
 
 
+async def test_a_job_whose_lease_cannot_be_taken_is_skipped_not_raised(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database restart must not surface as a scheduler traceback: the job is skipped, counted
+    as failed, and the next tick tries again."""
+    store = Store.open(sqlite_url)
+    try:
+        daemon = Daemon(quick_settings(sqlite_url), store, owner="me:1")
+        calls: list[str] = []
+        work = await counting_job(calls)
+
+        async def store_down(name: str) -> bool:
+            raise ConnectionError("connection refused")
+
+        monkeypatch.setattr(daemon, "_acquire", store_down)
+        await daemon._run_job("job:w", work)  # does not raise
+        assert calls == []
+        monkeypatch.undo()
+        await daemon._run_job("job:w", work)
+        assert calls == ["run"]
+    finally:
+        await store.close()
+
+
 async def test_a_request_during_a_run_runs_it_once_more_not_twice(sqlite_url: str) -> None:
     store = Store.open(sqlite_url)
     try:
