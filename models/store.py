@@ -37,6 +37,7 @@ from sqlalchemy import (
     select,
     text,
     type_coerce,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -76,8 +77,6 @@ from models.domain import (
 
 # SQLite allows 32766 bound parameters per statement; keep multi-row statements well below.
 _CHUNK = 500
-# A claim with per-target room reads up to this many times its limit of due messages.
-CLAIM_SCAN_FACTOR = 5
 
 
 def to_fen(amount: Decimal) -> int:
@@ -1175,6 +1174,23 @@ class Tx:
             new += len(result.all())
         return new
 
+    async def _pending_targets(self) -> list[str]:
+        """The targets with pending messages: a loose index scan (one seek per target on
+        `ix_outbox_target_due`), so it costs the same with ten pending messages or a million."""
+        rows = await self.connection.execute(
+            text(
+                "WITH RECURSIVE pending(target) AS ("
+                " SELECT (SELECT min(target) FROM outbox WHERE status = :pending)"
+                " UNION ALL"
+                " SELECT (SELECT min(o.target) FROM outbox o"
+                "         WHERE o.status = :pending AND o.target > p.target)"
+                " FROM pending p WHERE p.target IS NOT NULL"
+                ") SELECT target FROM pending WHERE target IS NOT NULL"
+            ),
+            {"pending": OutboxStatus.PENDING.value},
+        )
+        return [row.target for row in rows]
+
     async def claim_outbox(
         self,
         owner: str,
@@ -1186,7 +1202,7 @@ class Tx:
         in_flight: Mapping[str, int] | None = None,
         exclude_ids: Sequence[int] = (),
     ) -> list[OutboxMessage]:
-        """Claim due messages for `owner` until `ttl` from now, oldest first; with `per_target`,
+        """Claim due messages for `owner` until `ttl` from now, longest due first; with `per_target`,
         no more of a target than its free send slots (`per_target` less what `in_flight` says
         the dispatcher is sending to it), so nothing claimed waits for a slot while its claim
         ages.
@@ -1196,45 +1212,48 @@ class Tx:
         must ask before sending again. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets several
         dispatchers claim side by side; the conditional UPDATE guards both backends."""
         now = self.clock.now()
+        unclaimed = or_(t.outbox.c.claimed_until.is_(None), t.outbox.c.claimed_until < now)
         claimable = and_(
             t.outbox.c.status == OutboxStatus.PENDING.value,
             t.outbox.c.next_attempt_at <= now,
-            or_(t.outbox.c.claimed_until.is_(None), t.outbox.c.claimed_until < now),
+            unclaimed,
         )
-        # With per-target room, look further than `limit`: the oldest due messages may all be
-        # one busy target's, and the others' must not wait behind them.
-        scan = limit if per_target is None else limit * CLAIM_SCAN_FACTOR
-        query = (
-            select(t.outbox.c.id, t.outbox.c.target)
-            .where(claimable)
-            .order_by(t.outbox.c.id)
-            .limit(scan)
-        )
-        if targets is not None:
-            query = query.where(t.outbox.c.target.in_(list(targets)))
         if exclude_ids:  # the claimer's own sends under way (their claims may have expired)
-            query = query.where(t.outbox.c.id.not_in(list(exclude_ids)))
-        if self._dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        candidates = list(await self.connection.execute(query))
-        if per_target is None:
-            ids = [row.id for row in candidates]
-        else:
-            busy = in_flight or {}
-            left: dict[str, int] = {}
-            ids = []
-            for row in candidates:
-                free = left.setdefault(row.target, per_target - busy.get(row.target, 0))
-                if free > 0:
-                    ids.append(row.id)
-                    left[row.target] = free - 1
-                    if len(ids) == limit:
-                        break
+            claimable = and_(claimable, t.outbox.c.id.not_in(list(exclude_ids)))
+        # Each target is read on its own, up to its free slots: however deep one target's
+        # backlog (a slow warehouse, a throttled shop), the others' due messages are claimed.
+        busy = in_flight or {}
+        room = {
+            target: limit if per_target is None else min(limit, per_target - busy.get(target, 0))
+            for target in await self._pending_targets()
+            if targets is None or target in targets
+        }
+        branches = []
+        for target, free in room.items():
+            if free <= 0:
+                continue
+            branch = (
+                select(t.outbox.c.id, t.outbox.c.next_attempt_at)
+                .where(claimable, t.outbox.c.target == target)
+                .order_by(t.outbox.c.next_attempt_at, t.outbox.c.id)
+                .limit(free)
+            )
+            if self._dialect == "postgresql":
+                branch = branch.with_for_update(skip_locked=True)
+            branches.append(select(branch.subquery()))
+        if not branches:
+            return []
+        candidates = list(await self.connection.execute(union_all(*branches)))
+        candidates.sort(key=lambda row: (row.next_attempt_at, row.id))
+        ids = [row.id for row in candidates[:limit]]
         if not ids:
             return []
         rows = await self.connection.execute(
             update(t.outbox)
-            .where(t.outbox.c.id.in_(ids), claimable)
+            # Not `claimable`: given `status` SQLite walks `ix_outbox_due` (every pending message)
+            # instead of the primary key. The rows are locked since the select (the SQLite write
+            # lock, PostgreSQL's FOR UPDATE), so "still unclaimed" is guard enough.
+            .where(t.outbox.c.id.in_(ids), unclaimed)
             .values(
                 claimed_by=owner,
                 claimed_until=now + ttl,
@@ -1253,11 +1272,9 @@ class Tx:
             return 0
         result = await self.connection.execute(
             update(t.outbox)
-            .where(
-                t.outbox.c.id.in_(list(message_ids)),
-                t.outbox.c.claimed_by == owner,
-                t.outbox.c.status == OutboxStatus.PENDING.value,
-            )
+            # No `status` term: given one, SQLite walks every pending message by `ix_outbox_due`
+            # instead of the primary key; a settled message has no `claimed_by` anyway.
+            .where(t.outbox.c.id.in_(list(message_ids)), t.outbox.c.claimed_by == owner)
             .values(claimed_until=self.clock.now() + ttl)
         )
         return int(result.rowcount)

@@ -229,6 +229,8 @@ outbox = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     Column("done_at", UtcDateTime),
     Index("ix_outbox_due", "status", "next_attempt_at"),
+    # Claims read each target's due messages in order, and find the targets by seeking.
+    Index("ix_outbox_target_due", "status", "target", "next_attempt_at", "id"),
     Index("ix_outbox_subject", "subject", "status"),
 )
 

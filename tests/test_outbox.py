@@ -47,6 +47,25 @@ async def test_claim_marks_an_attempt_and_excludes_others(store: Store) -> None:
     assert all(m.attempts == 1 for m in first) and second == []
 
 
+async def test_a_deep_backlog_of_one_target_hides_no_other_target(store: Store) -> None:
+    """Per-target room must hold however many messages one target has queued: a claim takes
+    each target's oldest due messages up to its free slots, never the first N of all."""
+    backlog = [message(n, "wms:SLOW") for n in range(3000)]
+    await enqueue(store, [*backlog, message(9001, "shop:A"), message(9002, "erp")])
+    async with store.transaction() as tx:
+        claimed = await tx.claim_outbox(
+            "a", 10, timedelta(seconds=60), per_target=4, in_flight={"wms:SLOW": 1}
+        )
+    by_target = Counter(m.target for m in claimed)
+    assert by_target == {"wms:SLOW": 3, "shop:A": 1, "erp": 1}
+    assert [m.payload["n"] for m in claimed if m.target == "wms:SLOW"] == [0, 1, 2]
+    async with store.transaction() as tx:  # a full target takes nothing; the others' turn
+        again = await tx.claim_outbox(
+            "a", 10, timedelta(seconds=60), per_target=4, in_flight={"wms:SLOW": 4}
+        )
+    assert again == []
+
+
 async def test_expired_claim_is_taken_over(store: Store, clock: FixedClock) -> None:
     await enqueue(store, [message(1)])
     async with store.transaction() as tx:
