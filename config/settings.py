@@ -104,6 +104,9 @@ class ShopConfig(_Section):
     """The longest the hub waits on a platform ban before giving up the pull for now."""
     customer_number: str | None = None
     """ERP customer number of this shop's sales documents."""
+    tmc_group: str = Field(default="default", min_length=1, max_length=64)
+    """Tmall: the TMC message group the `tmc:` job consumes (TOP's own default group unless the
+    app has user groups, `taobao.tmc.group.add`)."""
     webhook_secret: SecretStr | None = None
     """Standard Webhooks secret (`whsec_<base64>`) of `POST /webhooks/orders/<code>`; without
     one the hub refuses this shop's webhooks."""

@@ -385,9 +385,10 @@ class JdMarketplace:
             while pages_read < self.find_pages:
                 total, raws = await self._search(start, end, pages.page, self.page_size)
                 pages_read += 1
-                ids = [text(r.get("orderId")) for r in raws if isinstance(r, Mapping)]
+                entries = [r for r in raws if isinstance(r, Mapping)]
+                ids = [text(r.get("orderId")) for r in entries]
                 if order_id in ids:
-                    return raws[ids.index(order_id)]  # type: ignore[no-any-return]
+                    return entries[ids.index(order_id)]
                 try:
                     if not pages.advance(total, ids):
                         break

@@ -93,6 +93,8 @@ TOP_ERRORS = ErrorTable(
         ErrorRule(Fault.TRANSIENT, codes=frozenset({"10"})),
         ErrorRule(Fault.AUTH, codes=frozenset({"25", "26", "27"})),
         ErrorRule(Fault.MAYBE_DONE, sub_code_prefix="isp."),
+        # "超时请求过多，请将查询时间间隔缩短,3分钟后再查询！": a throttle, not a refusal.
+        ErrorRule(Fault.RATE_LIMITED, sub_code_prefix="isv.trade-service-rejection"),
         ErrorRule(Fault.REJECTED, sub_code_prefix="isv."),
     ),
     default=Fault.REJECTED,
@@ -198,7 +200,11 @@ def _to_line(raw: object) -> OrderLine:
         line_id=oid,
         platform_item_id=text(raw.get("num_iid")),
         platform_sku_id=text(raw.get("sku_id")),
-        merchant_code=text(raw.get("outer_sku_id")) or text(raw.get("outer_iid")),
+        # decisions.md: a line of an item with SKUs maps by its SKU's code only (the item's
+        # code would map every SKU of the item to one product); an item without SKUs by its own.
+        merchant_code=(
+            text(raw.get("outer_sku_id")) if text(raw.get("sku_id")) else text(raw.get("outer_iid"))
+        ),
         title=text(raw.get("title")),
         qty=as_int(raw.get("num"), f"line {oid} num"),
         price=parse_money(raw.get("price"), f"line {oid} price"),
@@ -347,7 +353,9 @@ class TmallMarketplace:
         try:
             body = await self.client.call(
                 self.get_method,
-                {"fields": fields or self.trade_fields, "tid": tid},
+                # Without include_oaid a fullinfo answer may lack the oaid the WMS needs, and a
+                # hinted fetch would overwrite the pulled version that has it.
+                {"fields": fields or self.trade_fields, "tid": tid, "include_oaid": "true"},
                 idempotent=True,
             )
         except RejectedError as exc:
@@ -381,7 +389,9 @@ class TmallMarketplace:
             "company_code": request.carrier_code,
         }
         if request.line_ids:
-            params.update(sub_tid=",".join(request.line_ids), is_split="true")
+            # `is_split` is a number on the wire (0 default, 1 = split), not a boolean.
+            oids = ",".join(dict.fromkeys(request.line_ids))  # bundle lines repeat an oid
+            params.update(sub_tid=oids, is_split="1")
         try:
             body = await self.client.call(self.ship_method, params, idempotent=False)
         except RejectedError as exc:
@@ -520,11 +530,13 @@ class TmallMarketplace:
         self, group: str, ok_ids: Sequence[str], failed_ids: Sequence[str]
     ) -> None:
         # Confirming twice is harmless (TOP forgets a confirmed id), so the call is retried.
+        # `s_message_ids` is required: failed ids ride along with confirmed ones, and a batch
+        # with none confirmed is not confirmed at all (TOP delivers unconfirmed ones again).
         size = self.tmc_max_batch
-        for start in range(0, max(len(ok_ids), len(failed_ids)), size):
+        for start in range(0, len(ok_ids), size):
             params = {
                 "group_name": group,
-                "s_message_ids": ",".join(ok_ids[start : start + size]) or None,
+                "s_message_ids": ",".join(ok_ids[start : start + size]),
                 "f_message_ids": ",".join(failed_ids[start : start + size]) or None,
             }
             body = await self.client.call(self.confirm_method, params, idempotent=True)

@@ -69,7 +69,10 @@ def parse_cst(value: object) -> datetime:
     parsed = datetime.fromisoformat(value.strip())
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=CST)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # "0001-01-01 00:00:00", a platform's "no time"
+        raise ValueError(f"not a real time: {value!r}") from None
 
 
 def parse_money(value: object, name: str) -> Decimal:
@@ -232,12 +235,16 @@ class ErrorTable:
 
 
 _BAN_SECONDS = re.compile(r"(\d+)\s*more\s+seconds", re.IGNORECASE)
+_BAN_MINUTES = re.compile(r"(\d+)\s*分钟后")
 
 
 def ban_seconds(sub_msg: str) -> float | None:
-    """N from TOP's "This ban will last for N more seconds"."""
+    """N from TOP's "This ban will last for N more seconds", or from "…3分钟后再查询"."""
     found = _BAN_SECONDS.search(sub_msg)
-    return float(found.group(1)) if found else None
+    if found:
+        return float(found.group(1))
+    found = _BAN_MINUTES.search(sub_msg)
+    return float(found.group(1)) * 60 if found else None
 
 
 def raise_error(

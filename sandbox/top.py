@@ -263,6 +263,8 @@ class TopSim:
         tid = int_param(params, "tid")
         out_sid = required(params, "out_sid")
         company_code = required(params, "company_code")
+        if params.get("is_split", "0") not in ("0", "1"):  # a Number on the wire
+            raise ApiError("invalid_param", "is_split", "is_split须为数字0或1")
         record: dict[str, Any] = {
             "shop": shop.code,
             "tid": str(tid),

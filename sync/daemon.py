@@ -544,7 +544,12 @@ class Daemon:
         async def work() -> None:
             source = self._marketplace(shop.code)
             if isinstance(source, MessageSource):
-                while await consume_hints(shop, source, self, quantity=TMC_BATCH) >= TMC_BATCH:
+                while (
+                    await consume_hints(
+                        shop, source, self, group=shop.tmc_group, quantity=TMC_BATCH
+                    )
+                    >= TMC_BATCH
+                ):
                     pass  # a full batch: more are waiting
 
         return work

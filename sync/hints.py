@@ -27,7 +27,7 @@ async def consume_hints(
     source: MessageSource,
     control: HubControl,
     *,
-    group: str = "ecomhub",
+    group: str = "default",
     quantity: int = 100,
 ) -> int:
     """Consume one batch of `shop`'s messages, hint every order they name, confirm the batch.

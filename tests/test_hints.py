@@ -198,7 +198,7 @@ async def test_every_message_of_an_order_whose_hint_failed_is_failed(
     source = FakeSource([message("1", "100"), message("2", "200"), message("3", "100")])
     assert await consume_hints(SHOP_CONFIG, source, control) == 3
     assert control.hints == [("s", "200")]
-    assert source.confirms == [("ecomhub", ["2"], ["1", "3"])]
+    assert source.confirms == [("default", ["2"], ["1", "3"])]
 
 
 async def test_an_empty_batch_confirms_nothing(control: RecordingControl) -> None:

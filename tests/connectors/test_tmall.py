@@ -24,7 +24,7 @@ from connectors.errors import (
 )
 from connectors.jd import JdMarketplace
 from connectors.registry import marketplace_for
-from connectors.tmall import TmallMarketplace, to_order
+from connectors.tmall import MalformedOrder, TmallMarketplace, to_order
 from models.domain import OrderStatus, RefundState
 from tests.connectors import (
     APP_KEY,
@@ -232,6 +232,19 @@ def test_item_without_sku_uses_outer_iid_and_provinces_are_short() -> None:
     assert order.receiver.province == "广西"
 
 
+def test_a_sku_line_without_its_sku_code_does_not_take_the_items_code() -> None:
+    """decisions.md: lines of items with SKUs map by `outer_sku_id` only; the item's code
+    would map every SKU of the item to one product. Such a line is held as unknown instead."""
+    line = {"oid": 7, "num_iid": 8, "sku_id": "55", "outer_iid": "ITEM-9", "num": 1, "price": "1"}
+    order = to_order(trade(orders={"order": line}), shop="s")
+    assert order.lines[0].merchant_code == "" and order.lines[0].platform_sku_id == "55"
+
+
+def test_a_year_one_time_is_a_malformed_trade_not_a_crash() -> None:
+    with pytest.raises(MalformedOrder):
+        to_order(trade(modified="0001-01-01 00:00:00"), shop="s")
+
+
 def test_tid_falls_back_to_the_int_tid() -> None:
     raw = trade()
     del raw["tid_str"]
@@ -312,6 +325,20 @@ async def test_ban_over_the_cap_is_raised(
         await tmall.search_orders(START, END, 1, 100)
     assert info.value.retry_after == 31062 and info.value.code == "7"
     assert sleeps.waits == [] and len(top.calls) == 1
+
+
+async def test_trade_service_rejection_is_a_three_minute_throttle(
+    tmall: TmallMarketplace, top: FakePlatform, sleeps: Sleeps
+) -> None:
+    top.on(
+        SEARCH,
+        top_error(
+            15, "isv.trade-service-rejection", "超时请求过多，请将查询时间间隔缩短,3分钟后再查询！"
+        ),
+    )
+    with pytest.raises(RateLimited) as info:  # over the test shop's wait cap
+        await tmall.search_orders(START, END, 1, 100)
+    assert info.value.retry_after == 180
 
 
 @pytest.mark.parametrize(
@@ -401,7 +428,7 @@ async def test_get_order(tmall: TmallMarketplace, top: FakePlatform) -> None:
     )
     order = await tmall.get_order("1234567890123")
     assert order is not None and order.status is OrderStatus.SHIPPED
-    assert top.calls[0]["tid"] == "1234567890123"
+    assert top.calls[0]["tid"] == "1234567890123" and top.calls[0]["include_oaid"] == "true"
     assert await tmall.get_order("999") is None
 
 
@@ -420,8 +447,8 @@ async def test_ship_sends_the_waybill(tmall: TmallMarketplace, top: FakePlatform
 
 async def test_partial_ship_names_the_lines(tmall: TmallMarketplace, top: FakePlatform) -> None:
     top.on(SEND, fixture("top_logistics_offline_send.json"))
-    await tmall.ship(ShipRequest("1", "ZTO", None, "ZT1", line_ids=("11", "12")))
-    assert top.calls[0]["sub_tid"] == "11,12" and top.calls[0]["is_split"] == "true"
+    await tmall.ship(ShipRequest("1", "ZTO", None, "ZT1", line_ids=("11", "12", "11")))
+    assert top.calls[0]["sub_tid"] == "11,12" and top.calls[0]["is_split"] == "1"
 
 
 B04 = top_error(15, "isv.logistics-offline-service-error:B04", "该订单已经发货，不能重复发货")

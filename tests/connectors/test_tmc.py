@@ -216,9 +216,20 @@ async def test_confirm_sends_ok_and_failed_ids(tmall: TmallMarketplace, top: Fak
 
 async def test_confirm_omits_an_empty_list(tmall: TmallMarketplace, top: FakePlatform) -> None:
     top.on(CONFIRM, CONFIRMED)
-    await tmall.confirm_messages("g", [], ["3"])
+    await tmall.confirm_messages("g", ["1"], [])
     [sent] = top.called(CONFIRM)
-    assert "s_message_ids" not in sent and sent["f_message_ids"] == "3"
+    assert sent["s_message_ids"] == "1" and "f_message_ids" not in sent
+
+
+async def test_only_failed_ids_are_not_confirmed(router: respx.MockRouter) -> None:
+    """`s_message_ids` is required by TOP: a batch with nothing to confirm makes no call, and
+    its failed messages are delivered again anyway."""
+    market = TmallMarketplace(
+        shop("tmall"), clock=clock(), transport=httpx.MockTransport(router.async_handler)
+    )
+    await market.confirm_messages("g", [], ["3"])
+    await market.aclose()
+    assert not router.calls
 
 
 async def test_confirm_of_nothing_sends_nothing(router: respx.MockRouter) -> None:
