@@ -254,6 +254,9 @@ class ShipmentConfirm:
     status: str
     shipped_lines: tuple[tuple[str, int], ...] = ()
     """(itemCode, actual qty) per order line."""
+    state: WmsOrderState = WmsOrderState.SHIPPED
+    """What the status means. Only a SHIPPED confirm is a shipment; a confirm reporting that the
+    WMS cancelled, closed or refused the order, or that it is still open, is a status report."""
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ Deliberate choices:
   write. Qimen has no rate-limit protocol; an HTTP 429 is waited up to `rate_limit_wait_cap`.
 """
 
+import hashlib
 import hmac
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -230,6 +231,13 @@ def _weight(element: ET.Element, path: str) -> Decimal | None:
 def _time(element: ET.Element, path: str) -> datetime | None:
     raw = _text(element, path)
     return parse_cst(raw) if raw else None
+
+
+def _derived_biz_code(code: str, packages: Sequence[Package]) -> str:
+    """The dedupe key of a confirm without `outBizCode` (the spec needs one only for repeated
+    confirms): its order and waybills, so a repeat is one and another order's is not."""
+    waybills = ",".join(sorted(p.waybill for p in packages))
+    return f"{code}|{hashlib.sha256(waybills.encode()).hexdigest()[:16]}"
 
 
 def _final(element: ET.Element) -> bool:
@@ -803,13 +811,14 @@ class QimenCallbacks:
             weight_kg=sum(weights, Decimal("0")) if weights else None,
             packages=packages,
             shipped_at=shipped_at,
-            out_biz_code=_text(head, "outBizCode"),
+            out_biz_code=_text(head, "outBizCode") or _derived_biz_code(code, packages),
         )
         return ShipmentConfirm(
             shipment=shipment,
             final=_final(head),
             status=status,
             shipped_lines=self._shipped_lines(root, packages),
+            state=WmsOrderState.SHIPPED if not status else state_of(status),
         )
 
     @staticmethod

@@ -20,7 +20,7 @@ changes are applied once per outBizCode.
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -275,12 +275,23 @@ async def apply_callback(tx: Tx, settings: Settings, warehouse: str, callback: A
     if isinstance(callback, InboundConfirm):
         return await apply_inbound(tx, settings, warehouse, callback)
     changes: Sequence[StockChange] = callback
-    applied = 0
+    # One change per (outBizCode, SKU) is what the ledger applies once: items that share both
+    # (one per batch of a SKU) are summed first, or all but the first would be dropped.
+    summed: dict[tuple[str, str, str], StockChange] = {}
     for change in changes:
+        key = (change.warehouse or warehouse, change.out_biz_code, change.sku)
+        seen = summed.get(key)
+        summed[key] = change if seen is None else replace(seen, delta=seen.delta + change.delta)
+    applied = 0
+    for (at, out_biz_code, sku), change in summed.items():
+        if change.order_type == "JYCK" and await tx.delivery_order(change.order_code):
+            # A shipment the hub applies from the order's own deliveryorder.confirm.
+            log.info("stock report of a confirmed shipment skipped", code=change.order_code)
+            continue
         applied += await tx.apply_stock_change(
-            change.warehouse or warehouse,
-            change.out_biz_code,
-            change.sku,
+            at,
+            out_biz_code,
+            sku,
             change.delta,
             order_code=change.order_code,
             order_type=change.order_type,
@@ -295,6 +306,8 @@ async def _apply_shipment(
     tx: Tx, settings: Settings, warehouse: str, confirm: ShipmentConfirm
 ) -> str:
     shipment = confirm.shipment
+    if confirm.state is not WmsOrderState.SHIPPED:
+        return await _status_report(tx, confirm)
     if not await tx.add_shipment(shipment):
         return "shipment repeated"
     if settings.kuaidi100 is not None and shipment.waybill:
@@ -360,6 +373,26 @@ async def _apply_shipment(
         ]
     )
     return "shipment stored"
+
+
+async def _status_report(tx: Tx, confirm: ShipmentConfirm) -> str:
+    """A confirm that ships nothing: the WMS still works on the order, or it cancelled, closed
+    or refused it. No stock moves and no waybill goes out. A cancel the hub asked for finishes
+    through its own message (which asks the WMS, and re-creates remaining lines); a refusal the
+    hub did not ask for needs a person."""
+    code = confirm.shipment.delivery_order_code
+    delivery = await tx.delivery_order(code)
+    if confirm.state is WmsOrderState.CANCELLED and delivery is not None:
+        if delivery.state in (DeliveryState.PENDING, DeliveryState.CREATED):
+            log.error(
+                "the WMS cancelled or refused a delivery order the hub did not cancel: "
+                "re-route or intercept by hand",
+                code=code,
+                status=confirm.status,
+            )
+    else:
+        log.info("WMS status report", code=code, status=confirm.status)
+    return f"status {confirm.status or '?'} noted"
 
 
 # --- courier tracking ------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Fulfilment against fakes: ask before re-send, cancels that supersede or wait, after-sales."""
 
-from datetime import timedelta
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from config import Settings, ShopConfig, WarehouseConfig
-from connectors.base import ShipRequest, ShipResult
+from connectors.base import ShipmentConfirm, ShipRequest, ShipResult, StockChange, WmsOrderState
 from connectors.errors import RejectedError, TransientError
 from models.clock import FixedClock
 from models.domain import (
@@ -16,6 +17,7 @@ from models.domain import (
     OutboxMessage,
     OutboxStatus,
     ReviewState,
+    Shipment,
 )
 from models.store import Store
 from sync.fulfilment import (
@@ -24,6 +26,7 @@ from sync.fulfilment import (
     WMS_CANCEL,
     WMS_CREATE,
     Effects,
+    apply_callback,
     react_to_changes,
     route_ready,
 )
@@ -199,3 +202,55 @@ async def test_already_shipped_to_a_repeat_while_reads_lag_is_asked_again_later(
     market.put(make_order("1001", status=OrderStatus.SHIPPED, modified_minutes=5))
     market.reads_shipped_after = 1
     assert await ship(first.model_copy(update={"attempts": 2})) is None
+
+
+# --- WMS callbacks that are not plain shipments ----------------------------------------------
+
+
+def status_confirm(code: str, status: str, state: WmsOrderState) -> ShipmentConfirm:
+    shipment = Shipment(
+        delivery_order_code=code,
+        warehouse="WH-EAST",
+        carrier="",
+        waybill="",
+        shipped_at=datetime(2026, 11, 20, 8, 0, tzinfo=UTC),
+        out_biz_code=f"{code}|status",
+    )
+    return ShipmentConfirm(shipment=shipment, final=True, status=status, state=state)
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [("REJECT", WmsOrderState.CANCELLED), ("ACCEPT", WmsOrderState.OPEN)],
+)
+async def test_a_confirm_that_ships_nothing_is_a_status_report(
+    store: Store, settings: Settings, status: str, state: WmsOrderState
+) -> None:
+    """No shipment, no stock taken off, no waybill to the marketplace, the create untouched."""
+    code = await routed_order(store, settings)
+    async with store.transaction() as tx:
+        await tx.set_stock("WH-EAST", {"SKU-0001": 5}, tx.clock.now())
+        done = await apply_callback(tx, settings, "WH-EAST", status_confirm(code, status, state))
+        assert done == f"status {status} noted"
+        assert await tx.shipments_of(code) == []
+        delivery = await tx.delivery_order(code)
+        assert delivery is not None and delivery.state.value == "pending"
+        kinds = Counter(m.kind for m in await tx.outbox_messages())
+        (level,) = await tx.stock_levels("WH-EAST")
+    assert kinds == {WMS_CREATE: 1} and level.on_hand == 5
+
+
+async def test_stock_report_items_sharing_a_code_and_sku_are_summed_and_shipments_skipped(
+    store: Store, settings: Settings
+) -> None:
+    code = await routed_order(store, settings)
+    report = [  # one SKU in two batches under one message id, then a shipment's own report
+        StockChange("WH-EAST", "MSG-1", "SKU-0001", 5, "ADJ-1", "PDRK"),
+        StockChange("WH-EAST", "MSG-1", "SKU-0001", 3, "ADJ-1", "PDRK"),
+        StockChange("WH-EAST", "MSG-2", "SKU-0001", -1, code, "JYCK"),
+    ]
+    async with store.transaction() as tx:
+        await tx.set_stock("WH-EAST", {"SKU-0001": 10}, tx.clock.now())
+        assert await apply_callback(tx, settings, "WH-EAST", report) == "1 stock changes applied"
+        (level,) = await tx.stock_levels("WH-EAST")
+    assert level.on_hand == 18  # the JYCK line is applied from the order's confirm instead

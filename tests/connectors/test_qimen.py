@@ -777,8 +777,45 @@ def test_intermediate_confirm_without_lines_uses_package_items_and_operate_time(
     confirm = QimenCallbacks(warehouse()).parse(callback_query(CONFIRM_METHOD, body), body)
     assert isinstance(confirm, ShipmentConfirm)
     assert confirm.final is False and confirm.shipped_lines == (("A", 3),)
-    assert confirm.shipment.weight_kg is None and confirm.shipment.out_biz_code == ""
+    assert confirm.shipment.weight_kg is None
     assert confirm.shipment.shipped_at == datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+    # No outBizCode (the spec needs one only for repeated confirms): a key of the order and its
+    # waybills, so a repeat is recognised and another order's confirm is not taken for one.
+    again = QimenCallbacks(warehouse()).parse(callback_query(CONFIRM_METHOD, body), body)
+    assert isinstance(again, ShipmentConfirm)
+    assert confirm.shipment.out_biz_code.startswith("C1|")
+    assert again.shipment.out_biz_code == confirm.shipment.out_biz_code
+    other = body.replace(b">C1<", b">C2<")
+    third = QimenCallbacks(warehouse()).parse(callback_query(CONFIRM_METHOD, other), other)
+    assert isinstance(third, ShipmentConfirm)
+    assert third.shipment.out_biz_code != confirm.shipment.out_biz_code
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ("REJECT", WmsOrderState.CANCELLED),
+        ("CANCELED", WmsOrderState.CANCELLED),
+        ("ACCEPT", WmsOrderState.OPEN),
+        ("DELIVERED", WmsOrderState.SHIPPED),
+    ],
+)
+def test_a_confirm_says_what_its_status_means(status: str, state: WmsOrderState) -> None:
+    packages = (
+        b"<packages><package><logisticsCode>ZTO</logisticsCode><expressCode>7300</expressCode>"
+        b"</package></packages>"
+        if state is WmsOrderState.SHIPPED
+        else b""
+    )
+    body = (
+        b"<request><deliveryOrder><deliveryOrderCode>C1</deliveryOrderCode><status>"
+        + status.encode()
+        + b"</status></deliveryOrder>"
+        + packages
+        + b"</request>"
+    )
+    confirm = QimenCallbacks(warehouse()).parse(callback_query(CONFIRM_METHOD, body), body)
+    assert isinstance(confirm, ShipmentConfirm) and confirm.state is state
 
 
 def test_parse_stock_change_report() -> None:
