@@ -5,6 +5,7 @@ from (the file, or the environment variable), never the secret value itself.
 """
 
 import csv
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -51,6 +52,8 @@ def load_settings(
             raise ConfigError(f"not valid TOML: {exc}", source=str(config_path)) from None
         except OSError as exc:
             raise ConfigError(f"cannot read: {exc.strerror}", source=str(config_path)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(_not_utf8(exc), source=str(config_path)) from None
     elif require_file:
         raise ConfigError(
             "config file not found (pass --config PATH or set ECOMHUB_CONFIG)",
@@ -85,7 +88,25 @@ def _describe(
         message = "required field is missing"
     elif error["type"] == "extra_forbidden":
         message = "unknown field (check the spelling against deploy/ecomhub.example.toml)"
+    elif error["type"] == "list_type" and origin.startswith("environment"):
+        message += ' (write a list as JSON, e.g. ["江苏","浙江"])'
+
     return f"{origin}: {field}: {message}{extra}"
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+
+
+def _env_value(value: str) -> Any:
+    """A list or table is written as JSON (`["江苏","浙江"]`); anything else stays text for
+    the field's own parsing."""
+    if value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value  # validation then names the field and the variable
+    return value
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:
@@ -128,7 +149,9 @@ def _set_path(
             raise ConfigError(f"{name}: {_dotted(tuple(loc))} is not a table")
         loc.append(part)
         if last:
-            node[part] = value
+            node[part] = _env_value(value)
+            if not part.endswith("_file"):
+                node.pop(f"{part}_file", None)  # the variable overrides the file's secret file
         else:
             node = node.setdefault(part, {})
     return tuple(loc)
@@ -168,10 +191,10 @@ def _read_secret_files(
             origin = source_of.get((*loc, key), file)
             try:
                 node[field] = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = _not_utf8(exc) if isinstance(exc, UnicodeDecodeError) else exc.strerror
                 raise ConfigError(
-                    f"{_dotted((*loc, key))}: cannot read secret file {str(path)!r}: "
-                    f"{exc.strerror}",
+                    f"{_dotted((*loc, key))}: cannot read secret file {str(path)!r}: {reason}",
                     source=origin,
                 ) from None
             del node[key]
@@ -199,9 +222,10 @@ def read_rate_card(path: Path, *, field: str, source: str) -> tuple[RateCardRow,
     """Parse a rate card CSV: province,first_weight_kg,first_fee,step_kg,step_fee."""
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = _not_utf8(exc) if isinstance(exc, UnicodeDecodeError) else exc.strerror
         raise ConfigError(
-            f"{field}: cannot read rate card {str(path)!r}: {exc.strerror}", source=source
+            f"{field}: cannot read rate card {str(path)!r}: {reason}", source=source
         ) from None
     reader = csv.DictReader(text.splitlines())
     missing = [c for c in RATE_CARD_COLUMNS if c not in (reader.fieldnames or [])]

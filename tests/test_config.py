@@ -102,6 +102,38 @@ def test_secret_files_in_file_and_env(tmp_path: Path) -> None:
     assert settings.warehouses[0].app_secret.get_secret_value() == "file-secret-value"
 
 
+def test_a_variable_overrides_the_files_secret_file(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("file-secret-value\n")
+    text = GOOD.replace('app_secret = "top-secret-value"', 'app_secret_file = "secret.txt"')
+    env = {"ECOMHUB_SHOPS__0__APP_SECRET": "from-env"}
+    settings = load_settings(write(tmp_path, text), environ=env)
+    assert settings.shops[0].app_secret.get_secret_value() == "from-env"
+
+
+def test_lists_from_the_environment_are_json(tmp_path: Path) -> None:
+    env = {"ECOMHUB_WAREHOUSES__0__PROVINCES": '["江苏", "浙江"]'}
+    settings = load_settings(write(tmp_path), environ=env)
+    assert settings.warehouses[0].provinces == ["江苏", "浙江"]
+    env = {"ECOMHUB_WAREHOUSES__0__PROVINCES": "江苏,浙江"}
+    with pytest.raises(ConfigError, match=r"ECOMHUB_WAREHOUSES__0__PROVINCES: .*as JSON"):
+        load_settings(write(tmp_path), environ=env)
+
+
+@pytest.mark.parametrize("which", ["config", "secret", "rate card"])
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path, which: str) -> None:
+    gbk = 'app_secret = "密钥"\n'.encode("gbk")
+    path = write(tmp_path)
+    if which == "config":
+        path.write_bytes(GOOD.encode() + gbk)
+    elif which == "secret":
+        (tmp_path / "secret.txt").write_bytes("密钥".encode("gbk"))
+        env = {"ECOMHUB_SHOPS__0__APP_SECRET_FILE": str(tmp_path / "secret.txt")}
+    else:
+        (tmp_path / "rates" / "sf.csv").write_bytes(RATES.encode() + "江苏,1,8,1,2\n".encode("gbk"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(path, environ=env if which == "secret" else {})
+
+
 def test_config_path_from_environment(tmp_path: Path) -> None:
     path = write(tmp_path)
     settings = load_settings(environ={"ECOMHUB_CONFIG": str(path)})
