@@ -304,10 +304,11 @@ class HttpTransport:
         parse: Callable[[httpx.Response, Call], T],
         url: str,
     ) -> T:
+        # Merged, not passed as `params=`: httpx would drop a query the configured URL carries.
+        target = httpx.URL(url).copy_merge_params(params) if params else url
         try:
             response = await self._client.post(
-                url,
-                params=params or None,
+                target,
                 content=content,
                 headers={"Content-Type": content_type},
             )

@@ -124,7 +124,14 @@ class K3Session(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if self.session_id:
-            request.headers["Cookie"] = f"{SESSION_COOKIE}={self.session_id}"
+            # The other cookies of the login (a load balancer's affinity, ASP.NET's session)
+            # go back too, as Kingdee's own client does: only the session id is ours to set.
+            others = [
+                pair.strip()
+                for pair in request.headers.get("Cookie", "").split(";")
+                if pair.strip() and pair.split("=", 1)[0].strip() != SESSION_COOKIE
+            ]
+            request.headers["Cookie"] = "; ".join([*others, f"{SESSION_COOKIE}={self.session_id}"])
         yield request
 
 

@@ -328,3 +328,29 @@ async def test_retry_log_has_context_and_no_secret(router: respx.MockRouter) -> 
     assert entry["platform"] == "tmall" and entry["shop"] == "tmall-flagship"
     assert entry["method"] == "m" and entry["attempt"] == 1 and entry["code"] == "15"
     assert APP_SECRET not in str(logs) and TOKEN not in str(logs)
+
+
+async def test_a_query_in_the_configured_url_is_kept_beside_the_calls_own() -> None:
+    """A WMS endpoint may carry a query of its own (`…/service?customerId=C1`); httpx would
+    replace it with the call's parameters."""
+    seen: list[httpx.URL] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, json={"ok": 1})
+
+    http = HttpTransport(
+        platform="qimen",
+        target="WH-EAST",
+        url="http://127.0.0.1:1/router/qimen/service?customerId=C1",
+        policy=NO_JITTER,
+        wait_cap=1,
+        transport=httpx.MockTransport(answer),
+        sleep=Sleeps(),
+    )
+    body = b"<request/>"
+    await http.post(
+        "m", body, content_type="text/xml", params={"method": "m"}, idempotent=True, parse=parse
+    )
+    await http.aclose()
+    assert dict(seen[0].params) == {"customerId": "C1", "method": "m"}

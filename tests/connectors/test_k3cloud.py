@@ -94,15 +94,23 @@ class FakeK3:
         return httpx.Response(
             200,
             json={"LoginResultType": 1, "KDSVCSessionId": session, "Message": None},
-            headers={"Set-Cookie": f"kdservice-sessionid={session}; path=/"},
+            headers=[
+                ("Set-Cookie", f"kdservice-sessionid={session}; path=/"),
+                ("Set-Cookie", "SERVERID=node-1; path=/"),  # a load balancer's affinity
+            ],
         )
 
     def _handler(self, service: str) -> Callable[[httpx.Request], httpx.Response]:
         def handle(request: httpx.Request) -> httpx.Response:
             calls = self.calls[service]
             calls.append(request)
-            cookie = request.headers.get("Cookie", "")
-            session = cookie.removeprefix("kdservice-sessionid=")
+            pairs = dict(
+                pair.strip().split("=", 1)
+                for pair in request.headers.get("Cookie", "").split(";")
+                if "=" in pair
+            )
+            assert pairs.get("SERVERID") == "node-1", "the login's other cookies go back too"
+            session = pairs.get("kdservice-sessionid", "")
             if session not in self.live:
                 lost = status(False, 1, "会话信息已丢失，请重新登录")
                 return httpx.Response(200, json=[[lost]] if service == QUERY else lost)
@@ -169,7 +177,10 @@ async def test_logs_in_once_and_sends_the_session_cookie(fake: FakeK3) -> None:
     assert first["FilterString"] == (
         "FDocumentStatus='C' AND FCloseStatus='A' AND FApproveDate>='2026-11-20 10:00:00'"
     )
-    assert all(r.headers["Cookie"] == "kdservice-sessionid=session-1" for r in fake.calls[QUERY])
+    assert all(
+        r.headers["Cookie"] == "SERVERID=node-1; kdservice-sessionid=session-1"
+        for r in fake.calls[QUERY]
+    )
 
 
 async def test_purchase_orders_grouped_with_whole_quantities(fake: FakeK3) -> None:
@@ -248,7 +259,7 @@ async def test_a_lost_session_logs_in_again_once(fake: FakeK3) -> None:
         await client.save_receipt(receipt())  # MsgCode 1 → log in again → saved
         assert len(fake.logins) == 2
         cookies = [r.headers["Cookie"] for r in fake.calls[SAVE]]
-        assert cookies[-1] == "kdservice-sessionid=session-2"
+        assert cookies[-1] == "SERVERID=node-1; kdservice-sessionid=session-2"
 
         fake.on(SAVE, lambda _: status(False, 1, "会话信息已丢失"))  # lost however often
         with pytest.raises(AuthError) as caught:
