@@ -162,6 +162,17 @@ Format = Annotated[str, typer.Option("--format", help="table or json")]
 ReportFormat = Annotated[str, typer.Option("--format", help="table, json or csv")]
 
 
+def check_format(format: str, allowed: tuple[str, ...]) -> None:
+    if format not in allowed:
+        fail(f"--format must be {' or '.join(allowed)}, not {format!r}", code=2)
+
+
+def check_shop(settings: Settings, shop: str | None) -> None:
+    """An unknown --shop is bad usage (exit 2), never an empty answer."""
+    if shop is not None and shop not in {s.code for s in settings.shops}:
+        fail(f"no shop {shop!r} in the config (shops: {[s.code for s in settings.shops]})", code=2)
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -575,8 +586,7 @@ def sync_inventory(
     """One stock sync now: read every warehouse's stock, compute every listing's sellable stock,
     push what changed (all with --full), then drain the outbox once."""
     settings = _state(ctx).settings()
-    if shop is not None and shop not in {s.code for s in settings.shops}:
-        fail(f"no shop {shop!r} in the config (shops: {[s.code for s in settings.shops]})", code=2)
+    check_shop(settings, shop)
     shops = [settings.shop(shop)] if shop is not None else None
 
     async def work(store: Store) -> tuple[StockReading, StockSync, DrainStats, int]:
@@ -693,7 +703,9 @@ def orders_held(
     format: Format = "table",
 ) -> None:
     """List held orders with their reasons."""
+    check_format(format, ("table", "json"))
     settings = _state(ctx).settings()
+    check_shop(settings, shop)
 
     async def work(store: Store) -> list[dict[str, str]]:
         async with store.read() as tx:
@@ -746,9 +758,9 @@ def orders_export(
     format: Annotated[str, typer.Option("--format", help="jsonl")] = "jsonl",
 ) -> None:
     """Print the canonical orders, one JSON object a line."""
-    if format != "jsonl":
-        fail(f"--format must be jsonl, not {format!r}", code=2)
+    check_format(format, ("jsonl",))
     settings = _state(ctx).settings()
+    check_shop(settings, shop)
 
     async def work(store: Store) -> int:
         count = 0
@@ -769,6 +781,8 @@ def catalog_import(
     file: Annotated[Path, typer.Argument(help="CSV of master SKUs or of mappings.")],
 ) -> None:
     """Load master SKUs (sku,name,barcode,weight_kg[,bundle_of]) or mappings (platform_sku,sku)."""
+    if not file.is_file():
+        fail(f"{file}: no such file", code=2)
     settings = _state(ctx).settings()
 
     async def work(store: Store) -> Any:
@@ -839,8 +853,7 @@ def reconcile_inventory(
 
 
 def _report_format(format: str) -> None:
-    if format not in ("json", "csv", "table"):
-        fail(f"--format must be json, csv or table, not {format!r}", code=2)
+    check_format(format, ("json", "csv", "table"))
 
 
 def print_report(report: ReconciliationReport, format: str) -> None:
@@ -873,6 +886,7 @@ def print_report(report: ReconciliationReport, format: str) -> None:
 @app.command()
 def status(ctx: typer.Context, format: Format = "table") -> None:
     """Shops, cursors, last runs, outbox depth, exceptions."""
+    check_format(format, ("table", "json"))
     settings = _state(ctx).settings()
     report = execute(ctx, with_store(settings, lambda store: collect_status(settings, store)))
     if format == "json":

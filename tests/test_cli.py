@@ -115,6 +115,22 @@ def test_bad_usage_exits_2(config: Path) -> None:
     assert ecomhub(config, "orders", "export", "--format", "csv").returncode == 2
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--format", "xml"],
+        ["orders", "held", "--format", "bogus"],
+        ["orders", "held", "--shop", "no-such-shop"],
+        ["orders", "export", "--shop", "no-such-shop"],
+        ["catalog", "import", "missing.csv"],
+    ],
+    ids=["status-format", "held-format", "held-shop", "export-shop", "catalog-file"],
+)
+def test_bad_usage_is_refused_not_answered_empty(config: Path, args: list[str]) -> None:
+    proc = ecomhub(config, *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.slow
 def test_demo_accounts_for_every_order(tmp_path: Path) -> None:
     proc = subprocess.run(
