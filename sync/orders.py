@@ -116,6 +116,10 @@ def split(start: datetime, end: datetime, parts: int) -> list[tuple[datetime, da
     return list(itertools.pairwise(bounds))
 
 
+PLATFORM_HISTORY = timedelta(days=89)
+"""How far back a modified-time query may start: "the last 3 months" (TOP, JD), with a margin."""
+
+
 class OrderPuller:
     """Pulls one shop's orders into the store (live increments, backfills, single orders)."""
 
@@ -188,6 +192,16 @@ class OrderPuller:
             await review_pending(tx, self.settings, [self.shop.code], self._resolver)
         run = SyncRun(id=run_id, job=job, shop=self.shop.code, started_at=self.clock.now())
         logger = log.bind(shop=self.shop.code, job=job, run_id=run_id)
+        oldest = floor_second(self.clock.now() - PLATFORM_HISTORY)
+        if start < oldest:
+            # TOP and JD answer modified-time queries for the last 3 months only; asking for more
+            # fails every slice, and the cursor would never move again.
+            logger.warning(
+                "the platform keeps 3 months of order changes: starting at its oldest",
+                asked=start.isoformat(),
+                start=oldest.isoformat(),
+            )
+            start = oldest
         windows = slices(start, end, self.shop.effective_max_window) if end > start else []
         self.progress.windows_planned(len(windows))
         stats = _Stats(run_id=run_id)

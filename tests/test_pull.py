@@ -10,7 +10,7 @@ from connectors.errors import AuthError, RateLimited, TransientError
 from models.clock import FixedClock
 from models.domain import HoldReason, MasterSku, OrderStatus, ReviewState, RunStatus, SyncError
 from models.store import Store
-from sync.orders import LIVE_STREAM, OrderPuller, split
+from sync.orders import LIVE_STREAM, PLATFORM_HISTORY, OrderPuller, split
 from tests.factories import make_order
 from tests.fakes import FakeMarketplace
 
@@ -85,6 +85,16 @@ async def test_lookback_longer_than_max_window_is_sliced(
     run = await puller(store, market, initial_lookback="3d").pull()
     assert run.status == RunStatus.OK and run.windows == 4  # 3 days + overlap, 1-day slices
     assert await stored_ids(store) == truth(market)
+
+
+async def test_no_window_starts_beyond_the_platforms_three_months(
+    store: Store, market: FakeMarketplace
+) -> None:
+    """A cursor or backfill older than the platforms keep would fail every slice forever."""
+    now = market.clock.now()
+    run = await puller(store, market).backfill(now - timedelta(days=200), now - timedelta(days=80))
+    assert run.status == RunStatus.OK
+    assert min(start for start, _, _ in market.calls) >= now - PLATFORM_HISTORY
 
 
 async def test_drift_while_reading_loses_nothing(store: Store, market: FakeMarketplace) -> None:
