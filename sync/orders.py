@@ -308,13 +308,13 @@ class OrderPuller:
         self, start: datetime, end: datetime, stats: "_Stats"
     ) -> AsyncIterator[_Chunk]:
         first = await self._page(start, end, 1, stats)
-        if first.total <= self.page_size:
+        if first.window_total <= self.page_size:
             chunk = _Chunk(end)
             chunk.add(first)
             yield chunk
             return
         if end - start > ONE_SECOND:
-            parts = math.ceil(first.total / (self.page_size * SPLIT_FILL))
+            parts = math.ceil(first.window_total / (self.page_size * SPLIT_FILL))
             for sub_start, sub_end in split(start, end, parts):
                 async for chunk in self._chunks(sub_start, sub_end, stats):
                     yield chunk
@@ -327,7 +327,7 @@ class OrderPuller:
         """More than a page of orders within one second: page backwards, then check the total."""
         chunk = _Chunk(end)
         for _ in range(DENSE_REREADS):
-            pages = max(1, math.ceil(first.total / self.page_size))
+            pages = max(1, math.ceil(first.window_total / self.page_size))
             for page in range(pages, 1, -1):
                 chunk.add(await self._page(start, end, page, stats))
             again = await self._page(start, end, 1, stats)

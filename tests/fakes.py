@@ -40,6 +40,8 @@ class FakeMarketplace:
     """Called after each page is served (to simulate drift)."""
     calls: list[tuple[datetime, datetime, int]] = field(default_factory=list)
     shipped: list[ShipRequest] = field(default_factory=list)
+    reports_totals: bool = True
+    """False: every page says total 0 (an answer without `total_results`)."""
 
     def put(self, order: Order, visible_after: timedelta = timedelta(0)) -> None:
         self.orders[order.platform_order_id] = order
@@ -72,7 +74,11 @@ class FakeMarketplace:
         errors = tuple(e for t, e in self.malformed if start <= t <= end and page == 1)
         chosen = tuple(window[(page - 1) * page_size : page * page_size])
         result = OrderPage(
-            orders=chosen, errors=errors, total=len(window), page=page, page_size=page_size
+            orders=chosen,
+            errors=errors,
+            total=len(window) if self.reports_totals else 0,
+            page=page,
+            page_size=page_size,
         )
         if self.on_page is not None:
             self.on_page(self, page)

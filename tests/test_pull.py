@@ -97,6 +97,16 @@ async def test_no_window_starts_beyond_the_platforms_three_months(
     assert min(start for start, _, _ in market.calls) >= now - PLATFORM_HISTORY
 
 
+async def test_a_full_page_without_a_total_is_not_taken_for_the_whole_window(
+    store: Store, market: FakeMarketplace
+) -> None:
+    market.reports_totals = False
+    seed(market, 450, start_minutes=-20 * 60, spread_minutes=19 * 60)
+    run = await puller(store, market).pull()
+    assert run.status == RunStatus.OK
+    assert await stored_ids(store) == truth(market)
+
+
 async def test_drift_while_reading_loses_nothing(store: Store, market: FakeMarketplace) -> None:
     seed(market, 600, start_minutes=-60, spread_minutes=50)
     moved: list[str] = []
