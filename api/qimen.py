@@ -17,7 +17,7 @@ from connectors.base import WmsCallbacks
 from connectors.errors import BadPayload
 from connectors.registry import wms_callbacks_for
 from models.store import Store
-from sync.fulfilment import apply_callback
+from sync.fulfilment import CallbackRefused, apply_callback
 
 log = structlog.get_logger("ecomhub.api.qimen")
 
@@ -56,8 +56,12 @@ def qimen_router(
         except BadPayload as exc:
             logger.warning("unreadable callback rejected", error=str(exc))
             return _xml(callbacks.failure("invalid-callback", str(exc)))
-        async with store.transaction() as tx:
-            outcome = await apply_callback(tx, settings, config.code, callback)
+        try:
+            async with store.transaction() as tx:
+                outcome = await apply_callback(tx, settings, config.code, callback)
+        except CallbackRefused as exc:
+            logger.warning("callback refused", error=str(exc))
+            return _xml(callbacks.failure(exc.code, str(exc)))
         logger.info("callback stored", outcome=outcome)
         if on_write is not None:
             on_write()

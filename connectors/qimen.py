@@ -797,8 +797,8 @@ class QimenCallbacks:
         self._check_warehouse(_text(head, "warehouseCode"))
         status = _text(head, "status").upper()
         packages = tuple(self._package(p) for p in root.findall("packages/package"))
-        if not packages and status in SHIPPED_STATUSES | {""}:
-            raise ValueError("a shipped confirm without packages")
+        if not packages and status in SHIPPED_STATUSES | {""} and not _final(head):
+            raise ValueError("an intermediate confirm without packages")
         weights = [p.weight_kg for p in packages if p.weight_kg is not None]
         shipped_at = (
             _time(head, "orderConfirmTime") or _time(head, "operateTime") or self._clock.now()

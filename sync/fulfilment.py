@@ -268,6 +268,15 @@ async def react_to_changes(tx: Tx, events: Sequence[tuple[str, OrderEventKind]],
     return written
 
 
+class CallbackRefused(Exception):
+    """A callback the hub cannot apply as sent: answered with the failure XML (nothing is
+    stored), so the WMS sends it again or someone looks at it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 async def apply_callback(tx: Tx, settings: Settings, warehouse: str, callback: Any) -> str:
     """Store a WMS callback once; returns what it did (for the log and the metrics)."""
     if isinstance(callback, ShipmentConfirm):
@@ -308,30 +317,47 @@ async def _apply_shipment(
     shipment = confirm.shipment
     if confirm.state is not WmsOrderState.SHIPPED:
         return await _status_report(tx, confirm)
-    if not await tx.add_shipment(shipment):
-        return "shipment repeated"
-    if settings.kuaidi100 is not None and shipment.waybill:
-        await tx.enqueue([_tracking_message(shipment)])
     code = shipment.delivery_order_code
-    delivery = await tx.delivery_order(code)
-    if delivery is None:
-        log.warning("shipment for a delivery order the hub does not know", code=code)
-        return "shipment of an unknown delivery order"
-    # The WMS shipped it, so it has it: a create still being retried (its answer was lost) is
-    # done, and must not be sent again.
-    if await tx.settle_outbox(f"{WMS_CREATE}:{code}", "settled: the WMS confirmed the shipment"):
-        log.info("create settled by the WMS's shipment confirm", code=code)
-    # Summed per SKU: the ledger applies one change per (outBizCode, SKU), so two lines of one
-    # SKU would otherwise lose the second.
-    shipped: dict[str, int] = {}
-    for sku, qty in confirm.shipped_lines or [(sku, qty) for _, sku, qty, _ in delivery.lines]:
-        shipped[sku] = shipped.get(sku, 0) + qty
-    for sku, qty in shipped.items():
-        await tx.apply_stock_change(
-            warehouse, shipment.out_biz_code, sku, -qty, order_code=code, order_type="JYCK"
-        )
-    if not confirm.final:
-        return "intermediate shipment stored"
+    if not shipment.packages:
+        # A final confirm may carry no parcel when intermediate confirms carried them all.
+        earlier = await tx.shipments_of(code)
+        if not earlier or not confirm.final:
+            raise CallbackRefused(
+                "invalid-callback", "a shipped confirm without packages, and none shipped before"
+            )
+        delivery = await tx.delivery_order(code)
+        if delivery is None or delivery.state in (
+            DeliveryState.SHIPPED,
+            DeliveryState.AFTER_SALES,
+        ):
+            return "shipment repeated"
+        shipment = earlier[0]  # its parcels are stored, and its stock taken off already
+    else:
+        if not await tx.add_shipment(shipment):
+            return "shipment repeated"
+        if settings.kuaidi100 is not None and shipment.waybill:
+            await tx.enqueue([_tracking_message(shipment)])
+        delivery = await tx.delivery_order(code)
+        if delivery is None:
+            log.warning("shipment for a delivery order the hub does not know", code=code)
+            return "shipment of an unknown delivery order"
+        # The WMS shipped it, so it has it: a create still being retried (its answer was lost)
+        # is done, and must not be sent again.
+        if await tx.settle_outbox(
+            f"{WMS_CREATE}:{code}", "settled: the WMS confirmed the shipment"
+        ):
+            log.info("create settled by the WMS's shipment confirm", code=code)
+        # Summed per SKU: the ledger applies one change per (outBizCode, SKU), so two lines of
+        # one SKU would otherwise lose the second.
+        shipped: dict[str, int] = {}
+        for sku, qty in confirm.shipped_lines or [(sku, qty) for _, sku, qty, _ in delivery.lines]:
+            shipped[sku] = shipped.get(sku, 0) + qty
+        for sku, qty in shipped.items():
+            await tx.apply_stock_change(
+                warehouse, shipment.out_biz_code, sku, -qty, order_code=code, order_type="JYCK"
+            )
+        if not confirm.final:
+            return "intermediate shipment stored"
     was_cancelling = delivery.state == DeliveryState.CANCEL_PENDING
     await tx.set_delivery_state(code, DeliveryState.SHIPPED)
     order = await tx.order_of_delivery(code)

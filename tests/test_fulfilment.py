@@ -16,6 +16,7 @@ from models.domain import (
     OrderStatus,
     OutboxMessage,
     OutboxStatus,
+    Package,
     ReviewState,
     Shipment,
 )
@@ -25,6 +26,7 @@ from sync.fulfilment import (
     SHIP_READS_SETTLE,
     WMS_CANCEL,
     WMS_CREATE,
+    CallbackRefused,
     Effects,
     apply_callback,
     react_to_changes,
@@ -254,3 +256,40 @@ async def test_stock_report_items_sharing_a_code_and_sku_are_summed_and_shipment
         assert await apply_callback(tx, settings, "WH-EAST", report) == "1 stock changes applied"
         (level,) = await tx.stock_levels("WH-EAST")
     assert level.on_hand == 18  # the JYCK line is applied from the order's confirm instead
+
+
+async def test_a_final_confirm_without_parcels_closes_an_order_its_intermediates_shipped(
+    store: Store, settings: Settings
+) -> None:
+    code = await routed_order(store, settings)
+    parcel = Shipment(
+        delivery_order_code=code,
+        warehouse="WH-EAST",
+        carrier="SF",
+        waybill="SF1",
+        packages=(Package(carrier="SF", waybill="SF1", items=(("SKU-0001", 1),)),),
+        shipped_at=datetime(2026, 11, 20, 8, 0, tzinfo=UTC),
+        out_biz_code="OB-1",
+    )
+    final = Shipment(
+        delivery_order_code=code,
+        warehouse="WH-EAST",
+        carrier="",
+        waybill="",
+        shipped_at=datetime(2026, 11, 20, 9, 0, tzinfo=UTC),
+        out_biz_code="OB-2",
+    )
+    async with store.transaction() as tx:
+        with pytest.raises(CallbackRefused):  # nothing shipped before: no waybill to confirm
+            await apply_callback(tx, settings, "WH-EAST", ShipmentConfirm(final, True, "DELIVERED"))
+        intermediate = ShipmentConfirm(parcel, False, "PARTDELIVERED", (("SKU-0001", 1),))
+        assert await apply_callback(tx, settings, "WH-EAST", intermediate) == (
+            "intermediate shipment stored"
+        )
+        closing = ShipmentConfirm(final, True, "DELIVERED")
+        assert await apply_callback(tx, settings, "WH-EAST", closing) == "shipment stored"
+        assert await apply_callback(tx, settings, "WH-EAST", closing) == "shipment repeated"
+        delivery = await tx.delivery_order(code)
+        ships = [m for m in await tx.outbox_messages() if m.kind == PLATFORM_SHIP]
+    assert delivery is not None and delivery.state.value == "shipped"
+    assert [(m.payload["carrier"], m.payload["waybill"]) for m in ships] == [("SF", "SF1")]

@@ -851,7 +851,7 @@ def test_parse_entry_order_confirm() -> None:
         (CONFIRM_METHOD, "not xml"),
         (CONFIRM_METHOD, "<response><flag>success</flag></response>"),
         (CONFIRM_METHOD, "<request><deliveryOrder><status>DELIVERED</status></deliveryOrder></request>"),
-        (CONFIRM_METHOD, "<request><deliveryOrder><deliveryOrderCode>C</deliveryOrderCode></deliveryOrder></request>"),
+        (CONFIRM_METHOD, "<request><deliveryOrder><deliveryOrderCode>C</deliveryOrderCode><confirmType>1</confirmType></deliveryOrder></request>"),
         (CONFIRM_METHOD, xml_fixture("qimen_deliveryorder_confirm.xml").replace("WH-EAST", "WH-NORTH")),
         (CONFIRM_METHOD, xml_fixture("qimen_deliveryorder_confirm.xml").replace("<weight>0.5", "<weight>heavy")),
         (CONFIRM_METHOD, xml_fixture("qimen_deliveryorder_confirm.xml").replace("2026-11-20 15:30:00", "tomorrow")),
@@ -860,7 +860,7 @@ def test_parse_entry_order_confirm() -> None:
         (ENTRY_METHOD, "<request><orderLines/></request>"),
     ],
     ids=[
-        "unknown-method", "no-method", "not-xml", "wrong-root", "no-code", "shipped-no-packages",
+        "unknown-method", "no-method", "not-xml", "wrong-root", "no-code", "intermediate-no-packages",
         "other-warehouse", "bad-weight", "bad-time", "stock-no-outbiz", "stock-fraction", "no-entry",
     ],
 )  # fmt: skip
