@@ -837,9 +837,14 @@ class QimenCallbacks:
     def _shipped_lines(
         root: ET.Element, packages: tuple[Package, ...]
     ) -> tuple[tuple[str, int], ...]:
-        """(itemCode, actualQty) per order line; without order lines, the packages' items."""
+        """(itemCode, actualQty) per order line; without order lines (or lines that lack them:
+        the spec requires neither), the packages' items; without those, () (the plan)."""
         lines = root.findall("orderLines/orderLine")
-        if lines:
+        if lines and all(
+            _text(line, "itemCode")
+            and (_text(line, "actualQty") or line.find("batchs/batch") is not None)
+            for line in lines
+        ):
             shipped = []
             for line in lines:
                 batches = line.findall("batchs/batch")

@@ -349,8 +349,11 @@ async def _apply_shipment(
             log.info("create settled by the WMS's shipment confirm", code=code)
         # Summed per SKU: the ledger applies one change per (outBizCode, SKU), so two lines of
         # one SKU would otherwise lose the second.
+        # Without lines or items, a final confirm shipped the plan; an intermediate one, we
+        # cannot tell what (the next stock reading tells).
+        plan = [(sku, qty) for _, sku, qty, _ in delivery.lines] if confirm.final else []
         shipped: dict[str, int] = {}
-        for sku, qty in confirm.shipped_lines or [(sku, qty) for _, sku, qty, _ in delivery.lines]:
+        for sku, qty in confirm.shipped_lines or plan:
             shipped[sku] = shipped.get(sku, 0) + qty
         for sku, qty in shipped.items():
             await tx.apply_stock_change(

@@ -924,3 +924,18 @@ async def test_registry_builds_qimen() -> None:
     assert isinstance(wms, QimenWms) and wms.warehouse == "WH-EAST"
     assert isinstance(wms_callbacks_for(warehouse()), QimenCallbacks)
     await wms.aclose()
+
+
+def test_confirm_lines_without_item_codes_fall_back_to_the_parcels_items() -> None:
+    """The spec marks no orderLine field required: lines naming only `orderLineNo`/`itemId`
+    must not make the whole confirm unreadable (the WMS would resend it forever)."""
+    body = (
+        b"<request><deliveryOrder><deliveryOrderCode>C1</deliveryOrderCode>"
+        b"<status>DELIVERED</status></deliveryOrder><packages><package>"
+        b"<logisticsCode>ZTO</logisticsCode><expressCode>7300</expressCode><items>"
+        b"<item><itemCode>A</itemCode><quantity>2</quantity></item></items></package></packages>"
+        b"<orderLines><orderLine><orderLineNo>1</orderLineNo><itemId>9</itemId></orderLine>"
+        b"</orderLines></request>"
+    )
+    confirm = QimenCallbacks(warehouse()).parse(callback_query(CONFIRM_METHOD, body), body)
+    assert isinstance(confirm, ShipmentConfirm) and confirm.shipped_lines == (("A", 2),)
