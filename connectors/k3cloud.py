@@ -53,6 +53,7 @@ rules, so the hub keys every document on a deterministic `FBillNo` and asks `Exe
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -109,6 +110,9 @@ ERRORS = ErrorTable(
 )
 
 T = TypeVar("T")
+
+LOGIN_COOLDOWN = 300.0
+"""Seconds a refused login is not tried again (calls meanwhile fail with the same error)."""
 
 
 class K3Session(httpx.Auth):
@@ -245,6 +249,8 @@ class K3CloudErp:
         self._clock = clock or SystemClock()
         self._session = K3Session()
         self._login_lock = asyncio.Lock()
+        self._refused: tuple[float, AuthError] | None = None
+        """When and how the last login was refused: not tried again before LOGIN_COOLDOWN."""
         read = config.timeout.total_seconds()
         self.http = HttpTransport(
             platform=PLATFORM,
@@ -272,6 +278,10 @@ class K3CloudErp:
         async with self._login_lock:
             if self._session.generation != seen:
                 return
+            # Every message and poll would otherwise try the refused credentials again, and
+            # K3Cloud locks a user after repeated failed logins.
+            if self._refused is not None and time.monotonic() - self._refused[0] < LOGIN_COOLDOWN:
+                raise self._refused[1]
             body = {
                 "acctID": self.config.acct_id,
                 "username": self.config.username,
@@ -296,14 +306,19 @@ class K3CloudErp:
                     call.fail(Fault.BAD_PAYLOAD, "login answer carries no session")
                 return session
 
-            self._session.session_id = await self.http.post(
-                LOGIN,
-                json.dumps(body, ensure_ascii=False).encode("utf-8"),
-                content_type=JSON_CONTENT_TYPE,
-                idempotent=True,
-                parse=session_of,
-                url=self._url(LOGIN),
-            )
+            try:
+                self._session.session_id = await self.http.post(
+                    LOGIN,
+                    json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                    content_type=JSON_CONTENT_TYPE,
+                    idempotent=True,
+                    parse=session_of,
+                    url=self._url(LOGIN),
+                )
+            except AuthError as exc:
+                self._refused = (time.monotonic(), exc)
+                raise
+            self._refused = None
             self._session.generation += 1
             log.info("k3cloud login", acct_id=self.config.acct_id, generation=seen + 1)
 

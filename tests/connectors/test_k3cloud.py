@@ -276,6 +276,11 @@ async def test_a_refused_login_is_an_auth_failure_without_the_secret(fake: FakeK
     try:
         with pytest.raises(AuthError) as caught:
             await client.open_purchase_order_numbers()
+        # Refused credentials are not tried again for a while: K3Cloud locks a user after
+        # repeated failed logins, and every message and poll would try.
+        with pytest.raises(AuthError):
+            await client.open_purchase_order_numbers()
+        assert len(fake.logins) == 1
     finally:
         await client.aclose()
     assert SECRET not in str(caught.value)
