@@ -55,6 +55,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, TypeVar
@@ -93,6 +94,8 @@ STUB = "Kingdee.BOS.WebApi.ServicesStub."
 LOGIN = STUB + "AuthService.LoginByAppSecret"
 SAVE = STUB + "DynamicFormService.Save"
 QUERY = STUB + "DynamicFormService.ExecuteBillQuery"
+SUBMIT = STUB + "DynamicFormService.Submit"
+AUDIT = STUB + "DynamicFormService.Audit"
 CONTEXT_LOST = "1"
 
 PURCHASE_ORDER = "PUR_PurchaseOrder"
@@ -466,6 +469,19 @@ class K3CloudErp:
             return None
         erp_id, bill_no, status = (text(v) for v in rows[0])
         return ErpDocument(number=bill_no or number, erp_id=erp_id, status=status)
+
+    async def audit_document(self, kind: ErpDocumentKind, document: ErpDocument) -> ErpDocument:
+        """Submit (unless it is under review already) and audit a saved document whose automatic
+        audit failed. Not retried here: a repeat of a step that went through is refused
+        (MsgCode 12), so the caller reads the status again instead."""
+        steps = (AUDIT,) if document.status == "B" else (SUBMIT, AUDIT)
+        for service in steps:
+            payload = {
+                "formid": FORMS[kind],
+                "data": {"CreateOrgId": 0, "Numbers": [document.number], "Ids": ""},
+            }
+            await self._call(service, payload, idempotent=False, read=lambda answer, call: None)
+        return replace(document, status="C")
 
     # --- saves ----------------------------------------------------------------------------
 

@@ -42,12 +42,16 @@ PUR_PurchaseOrder-STK_InStock, `…_FSBillId` = the PO's FID, `…_FSId` = its e
 entry's `FRealQty` to the PO entry's `FStockInQty` when audited; a PO whose every entry is fully
 received closes (`FCloseStatus` B). A quantity beyond what remains is refused (MsgCode 11).
 `IsAutoSubmitAndAudit: true` saves as audited (`FDocumentStatus` C, written back at once);
-otherwise the document stays created (A) and nothing is written back. Seeded purchase orders are
-audited and open, plus, for realism, some that are not audited (A) or closed (B).
+otherwise the document stays created (A) and nothing is written back. `Submit` (Z, A, D → B) and
+`Audit` (B → C, writing back then) take `{"formid", "data": {"Numbers": [...]}}`; either fails
+with MsgCode 12 for a document in another status. `refuse_audits = N` makes the next N automatic
+audits fail after the save, as K3Cloud does for an outbound without ERP stock: the document stays
+saved (A) and the answer is MsgCode 11. Seeded purchase orders are audited and open, plus, for
+realism, some that are not audited (A) or closed (B).
 
 Deliberate differences from a real K3Cloud: Save does NOT check `FBillNo` for uniqueness (whether
 a tenant's coding rule does is unverified, so the hub must not rely on it: a repeated save makes
-a second document, which is what tests look for); no Submit/Audit/Push/View endpoints; one
+a second document, which is what tests look for); no UnAudit/Push/View endpoints; one
 organisation; base data (materials, stocks, customers, suppliers) is a fixed set of numbers.
 
 Faults (`FaultProfile` via the seeded `FaultInjector`, per DynamicFormService call, in this
@@ -67,7 +71,7 @@ import random
 import re
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -84,6 +88,8 @@ STUB = "Kingdee.BOS.WebApi.ServicesStub."
 LOGIN = STUB + "AuthService.LoginByAppSecret"
 SAVE = STUB + "DynamicFormService.Save"
 QUERY = STUB + "DynamicFormService.ExecuteBillQuery"
+SUBMIT = STUB + "DynamicFormService.Submit"
+AUDIT = STUB + "DynamicFormService.Audit"
 SESSION_COOKIE = "kdservice-sessionid"
 CST = timezone(timedelta(hours=8))
 MAX_LIMIT = 10000
@@ -175,6 +181,8 @@ class Document:
     """Per entry: entry_id, material, qty, stock, price, src_bill_no, link (fid, entry id)."""
     saved_at: str
     ambiguous: str | None = None
+    on_audit: list[tuple["PoEntry", int]] = field(default_factory=list)
+    """Purchase-order quantities to write back when an unaudited receipt is audited."""
 
 
 class _DroppedResponse(Response):
@@ -314,6 +322,9 @@ class K3CloudSim:
         self.logins = 0
         self.purchase_orders: list[PurchaseOrder] = []
         self.documents: list[Document] = []
+        self.refuse_audits = 0
+        """The next N automatic audits fail after the save (as an ERP out of stock does): the
+        document stays saved, status A, and the answer is MsgCode 11."""
         self.rejected: list[tuple[str, int, str]] = []
         """(operation, MsgCode, messages) of every unsuccessful answer (faults included)."""
         self.faults_served: list[tuple[str, str]] = []
@@ -336,6 +347,8 @@ class K3CloudSim:
             Route(f"{PREFIX}{LOGIN}.common.kdsvc", self._login, methods=["POST"]),
             Route(f"{PREFIX}{SAVE}.common.kdsvc", self._save_endpoint, methods=["POST"]),
             Route(f"{PREFIX}{QUERY}.common.kdsvc", self._query_endpoint, methods=["POST"]),
+            Route(f"{PREFIX}{SUBMIT}.common.kdsvc", self._submit_endpoint, methods=["POST"]),
+            Route(f"{PREFIX}{AUDIT}.common.kdsvc", self._audit_endpoint, methods=["POST"]),
         ]
 
     async def start(self) -> None:
@@ -550,6 +563,14 @@ class K3CloudSim:
             document = self.save(str(body.get("formid") or ""), body.get("data"))
         except K3Error as exc:
             return self._failure("Save", exc, wrapped=False)
+        if document.status == "C" and self.refuse_audits > 0:
+            self.refuse_audits -= 1
+            document.status = "A"  # saved; its audit failed
+            return self._failure(
+                "Save",
+                K3Error(11, ("FRealQty", "审核失败：即时库存不足，不允许负库存出库")),
+                wrapped=False,
+            )
         entity = {"Id": document.fid, "Number": document.number, "DIndex": 0}
         answer = JSONResponse(
             {
@@ -571,6 +592,69 @@ class K3CloudSim:
                 return _DroppedResponse()
             await asyncio.sleep(self._faults.profile.ambiguous_delay)
         return answer
+
+    # --- Submit / Audit -----------------------------------------------------------------------
+
+    async def _submit_endpoint(self, request: Request) -> Response:
+        return await self._status_change(request, "Submit", ("Z", "A", "D"), "B")
+
+    async def _audit_endpoint(self, request: Request) -> Response:
+        return await self._status_change(request, "Audit", ("B",), "C")
+
+    async def _status_change(
+        self, request: Request, operation: str, from_states: tuple[str, ...], to_state: str
+    ) -> Response:
+        """`{"formid", "data": {"Numbers": [...]}}`: each named document moves on, or the call
+        fails naming the one that cannot (already audited, not submitted, unknown)."""
+        faulted = await self._faulted(request, operation)
+        if isinstance(faulted, Response):
+            return faulted
+        if faulted is not None:
+            return self._failure(operation, faulted, wrapped=False)
+        body = await self._body(request)
+        data = body.get("data") if isinstance(body, dict) else None
+        numbers = data.get("Numbers") if isinstance(data, dict) else None
+        form = str(body.get("formid") or "") if isinstance(body, dict) else ""
+        if not isinstance(numbers, list) or not numbers:
+            return self._failure(
+                operation, K3Error(8, ("Numbers", "缺少参数 Numbers")), wrapped=False
+            )
+        entities = []
+        for n, number in enumerate(numbers):
+            document = next(
+                (d for d in self.documents if d.form == form and d.number == str(number)), None
+            )
+            if document is None:
+                return self._failure(
+                    operation, K3Error(10, ("Numbers", f"单据 {number} 不存在")), wrapped=False
+                )
+            if document.status not in from_states:
+                return self._failure(
+                    operation,
+                    K3Error(
+                        12,
+                        (
+                            "FDocumentStatus",
+                            f"单据 {number} 状态为 {document.status}，不能{operation}",
+                        ),
+                    ),
+                    wrapped=False,
+                )
+            document.status = to_state
+            if to_state == "C":
+                self._write_back(document)
+            entities.append({"Id": document.fid, "Number": document.number, "DIndex": n})
+        return JSONResponse(
+            {"Result": {"ResponseStatus": response_status(True, entity=entities[0])}}
+        )
+
+    def _write_back(self, document: Document) -> None:
+        for po_entry, qty in document.on_audit:
+            po_entry.stock_in_qty += qty
+        document.on_audit.clear()
+        for order in self.purchase_orders:
+            if all(e.stock_in_qty >= e.qty for e in order.entries):
+                order.close_status = "B"
 
     # --- ExecuteBillQuery --------------------------------------------------------------------
 
@@ -740,12 +824,9 @@ class K3CloudSim:
         if errors:
             raise K3Error(11, *errors)
         document = self._record(RECEIPT, model, supplier, entries, audit)
-        if audit:
-            for po_entry, qty in writes:
-                po_entry.stock_in_qty += qty
-            for order in self.purchase_orders:
-                if all(e.stock_in_qty >= e.qty for e in order.entries):
-                    order.close_status = "B"
+        document.on_audit.extend(writes)
+        if audit and not self.refuse_audits:
+            self._write_back(document)
         return document
 
     def _link(

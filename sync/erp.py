@@ -465,16 +465,35 @@ class ErpEffects:
         return _notified(number, await wms.create_entry_order(request))
 
     async def _find(self, kind: ErpDocumentKind, number: str) -> ErpDocument | None:
+        """The ERP's document of this number, audited: one saved whose automatic audit failed
+        (an outbound the ERP had no stock for) is submitted and audited now; if the ERP still
+        refuses, the message fails with its reason and a replay audits it again."""
         found = await observed(
             "find_document", self.erp().find_document(kind, number), self.observe
         )
         if found is not None and found.status not in ("", "C"):
-            log.warning(
-                "the ERP holds the document but not audited: audit it there",
+            log.info(
+                "the ERP holds the document unaudited: submitting and auditing it",
                 number=number,
                 status=found.status,
             )
+            found = await observed(
+                "audit_document", self.erp().audit_document(kind, found), self.observe
+            )
         return found
+
+    async def _save(
+        self, kind: ErpDocumentKind, number: str, save: Awaitable[ErpDocument], operation: str
+    ) -> ErpDocument:
+        """Save; a refused save may still have stored the document (saved, then its automatic
+        audit failed), so the ERP is asked before the refusal stands."""
+        try:
+            return await observed(operation, save, self.observe)
+        except RejectedError:
+            found = await self._find(kind, number)
+            if found is None:
+                raise
+            return found
 
     async def save_receipt(self, message: OutboxMessage) -> Record | None:
         number = str(message.payload["receipt"])
@@ -497,7 +516,9 @@ class ErpEffects:
                 lines=tuple(ReceiptLine(e, sku, qty, unit) for e, sku, qty, unit in receipt.lines),
                 note=f"WMS {receipt.warehouse} receipt {receipt.out_biz_code}",
             )
-            saved = await observed("save_receipt", self.erp().save_receipt(document), self.observe)
+            saved = await self._save(
+                ErpDocumentKind.RECEIPT, number, self.erp().save_receipt(document), "save_receipt"
+            )
         erp_id = saved.erp_id
 
         async def record(tx: Tx) -> None:
@@ -530,8 +551,11 @@ class ErpEffects:
                 ),
                 note=stored.platform_order_id,
             )
-            saved = await observed(
-                "save_sales_outbound", self.erp().save_sales_outbound(document), self.observe
+            saved = await self._save(
+                ErpDocumentKind.SALES_OUTBOUND,
+                code,
+                self.erp().save_sales_outbound(document),
+                "save_sales_outbound",
             )
         erp_id = saved.erp_id
 

@@ -159,3 +159,28 @@ async def test_each_shipped_order_becomes_one_sales_outbound(
             assert await push_until(settings, store, done, within=25), await diagnose(store, sb)
             await check_erp_exactly_once(sb, store)
             assert ("Save", "drop") in sb.k3cloud.faults_served, "no save answer was lost"
+
+
+async def test_a_save_whose_automatic_audit_failed_is_audited_not_saved_again(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """K3Cloud saves an outbound and then refuses its audit (no ERP stock): the save answers
+    failure, but the document exists. The hub asks, finds it unaudited, submits and audits it."""
+    async with Sandbox(
+        seed=7, backlog=12, backlog_days=0.5, ship_delay=0.2, purchase_orders=0
+    ) as sb:
+        sb.k3cloud.refuse_audits = 3
+        async with hub(sb, tmp_path, sqlite_url) as (settings, store):
+            await pull_shops(settings, store, settings.shops)
+            await refresh_stock(settings, store)
+            assert (await route(settings, store)).routed > 3
+
+            async def done() -> bool:
+                return await everything_confirmed(store) and await erp_settled(sb, store)
+
+            assert await push_until(settings, store, done, within=25), await diagnose(store, sb)
+            await check_erp_exactly_once(sb, store)
+        assert sb.k3cloud.refuse_audits == 0
+        assert {d.status for d in sb.k3cloud.documents} == {"C"}
+        refused = [r for r in sb.k3cloud.rejected if r[0] == "Save"]
+        assert len(refused) == 3

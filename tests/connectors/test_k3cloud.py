@@ -22,7 +22,7 @@ from connectors.base import (
     SalesOutboundLine,
 )
 from connectors.errors import AmbiguousError, AuthError, BadPayload, RejectedError
-from connectors.k3cloud import LOGIN, QUERY, SAVE, K3CloudErp
+from connectors.k3cloud import AUDIT, LOGIN, QUERY, SAVE, SUBMIT, K3CloudErp
 from connectors.registry import erp_for
 from tests.connectors import NO_JITTER, Sleeps, clock
 
@@ -62,17 +62,18 @@ def status(success: bool, msg_code: int = 0, message: str = "", field: str = "")
 
 
 class FakeK3:
-    """Login, Save and ExecuteBillQuery behind strict respx routes; sessions are checked."""
+    """Login, Save, ExecuteBillQuery, Submit and Audit behind strict respx routes; sessions
+    are checked."""
 
     def __init__(self, router: respx.MockRouter) -> None:
         self.sessions: list[str] = []
         self.live: set[str] = set()
         self.logins: list[dict[str, Any]] = []
-        self.calls: dict[str, list[httpx.Request]] = {SAVE: [], QUERY: []}
-        self.answers: dict[str, list[Answer]] = {SAVE: [], QUERY: []}
+        self.calls: dict[str, list[httpx.Request]] = {SAVE: [], QUERY: [], SUBMIT: [], AUDIT: []}
+        self.answers: dict[str, list[Answer]] = {SAVE: [], QUERY: [], SUBMIT: [], AUDIT: []}
         self.login_answer: dict[str, Any] | None = None
         router.post(f"{BASE}{LOGIN}.common.kdsvc").mock(side_effect=self._login)
-        for service in (SAVE, QUERY):
+        for service in (SAVE, QUERY, SUBMIT, AUDIT):
             router.post(f"{BASE}{service}.common.kdsvc").mock(side_effect=self._handler(service))
 
     def on(self, service: str, *answers: Any) -> None:
@@ -343,3 +344,26 @@ async def test_documents_are_saved_audited_and_linked(fake: FakeK3) -> None:
     sale = outbound["data"]["Model"]
     assert sale["FCustomerID"] == {"FNumber": "CUST-TMALL"} and sale["FNote"] == "123"
     assert sale["FEntity"][0]["FTaxPrice"] == 19.9
+
+
+@pytest.mark.parametrize(("found_status", "steps"), [("A", [SUBMIT, AUDIT]), ("B", [AUDIT])])
+async def test_an_unaudited_document_is_submitted_and_audited(
+    fake: FakeK3, found_status: str, steps: list[str]
+) -> None:
+    fake.on(SUBMIT, status(True))
+    fake.on(AUDIT, status(True))
+    client = erp()
+    try:
+        found = ErpDocument(number="tmall-flagship-123", erp_id="100123", status=found_status)
+        audited = await client.audit_document(ErpDocumentKind.SALES_OUTBOUND, found)
+    finally:
+        await client.aclose()
+    assert audited.status == "C"
+    sent = [service for service in (SUBMIT, AUDIT) for _ in fake.calls[service]]
+    assert sent == steps
+    for service in steps:
+        body = json.loads(fake.calls[service][0].content)
+        assert body == {
+            "formid": "SAL_OUTSTOCK",
+            "data": {"CreateOrgId": 0, "Numbers": ["tmall-flagship-123"], "Ids": ""},
+        }
