@@ -89,6 +89,7 @@ Deliberate choices:
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -154,6 +155,11 @@ XmlFields: TypeAlias = "Sequence[tuple[str, str | XmlFields | None]]"
 # --- XML in and out -----------------------------------------------------------------------
 
 
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+"""Characters XML 1.0 cannot carry at all (a buyer's remark may hold one): left out, or the
+whole document would be malformed and the WMS would refuse the order."""
+
+
 def build_xml(tag: str, fields: XmlFields) -> ET.Element:
     """An element from nested (tag, value) pairs; a None value is left out."""
     element = ET.Element(tag)
@@ -161,7 +167,7 @@ def build_xml(tag: str, fields: XmlFields) -> ET.Element:
         if value is None:
             continue
         if isinstance(value, str):
-            ET.SubElement(element, name).text = value
+            ET.SubElement(element, name).text = _XML_INVALID.sub("", value)
         else:
             element.append(build_xml(name, value))
     return element

@@ -31,7 +31,16 @@ from connectors.errors import (
     RejectedError,
     TransientError,
 )
-from connectors.qimen import QimenCallbacks, QimenSigner, QimenWms, qimen_sign
+from connectors.qimen import (
+    QimenCallbacks,
+    QimenSigner,
+    QimenWms,
+    _text,
+    build_xml,
+    qimen_sign,
+    read_xml,
+    xml_text,
+)
 from connectors.registry import wms_callbacks_for, wms_for
 from models.domain import Address, Package, Shipment
 from tests.connectors import FIXTURES, NO_JITTER, NOW_CST_TEXT, Sleeps, clock
@@ -939,3 +948,9 @@ def test_confirm_lines_without_item_codes_fall_back_to_the_parcels_items() -> No
     )
     confirm = QimenCallbacks(warehouse()).parse(callback_query(CONFIRM_METHOD, body), body)
     assert isinstance(confirm, ShipmentConfirm) and confirm.shipped_lines == (("A", 2),)
+
+
+def test_characters_xml_cannot_carry_are_left_out_of_requests() -> None:
+    element = build_xml("request", [("remark", "fragile\x0b please\x01 ✓🎁"), ("name", "王\x1f五")])
+    parsed = read_xml(xml_text(element).encode(), "request")
+    assert _text(parsed, "remark") == "fragile please ✓🎁" and _text(parsed, "name") == "王五"
