@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from config import ConfigError, Settings, load_settings
+from config import ConfigError, Settings, event_loop, load_settings
 from config.logging import Redactor, configure_logging
 from connectors.registry import wms_for
 from models.clock import parse_cli_time
@@ -90,7 +90,7 @@ def execute(ctx: typer.Context, work: Coroutine[Any, Any, T]) -> T:
     """Run one async piece of work; turn every failure into a message and an exit code."""
     state = _state(ctx)
     try:
-        return asyncio.run(work)
+        return event_loop.run(work)
     except ConfigError as exc:
         fail(state.redactor.scrub(str(exc)), code=2)
     except HubError as exc:

@@ -11,7 +11,6 @@ report). Prints seconds, lines/s, peak RSS and the report's counts by kind.
 """
 
 import argparse
-import asyncio
 import csv
 import json
 import random
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import Settings  # noqa: E402
+from config import Settings, event_loop  # noqa: E402
 from models.db import create_engine, upgrade  # noqa: E402
 from models.store import Store  # noqa: E402
 from sync.reconcile import reconcile_bill  # noqa: E402
@@ -74,7 +73,7 @@ def setup(directory: Path, lines: int, form: str, seed: int) -> tuple[Path, Path
         await upgrade(engine)
         await engine.dispose()
 
-    asyncio.run(migrate())
+    event_loop.run(migrate())
     rng = random.Random(seed)
     shipments = int(lines * 1.005)
     step = timedelta(days=30) / shipments
@@ -172,7 +171,7 @@ def measure(db: Path, bill: Path) -> None:
             "totals": result.report.totals,
         }
 
-    figures = asyncio.run(main())
+    figures = event_loop.run(main())
     figures["peak_rss_mb"] = round(peak_rss_kb() / 1024)
     print(json.dumps(figures, ensure_ascii=False))
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from api.app import create_app  # noqa: E402
 from api.server import free_port, serve  # noqa: E402
 from bench.harness import TimedCreates, fill_stock  # noqa: E402
-from config import load_settings  # noqa: E402
+from config import event_loop, load_settings  # noqa: E402
 from models import tables as t  # noqa: E402
 from models.db import create_engine, upgrade  # noqa: E402
 from models.store import Store  # noqa: E402
@@ -257,7 +257,7 @@ def main() -> None:
     parser.add_argument("--ship-delay", type=float, default=1.0)
     parser.add_argument("--per-target", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
-    asyncio.run(run(parser.parse_args()))
+    event_loop.run(run(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import Settings, ShopConfig, load_settings  # noqa: E402
+from config import (  # noqa: E402
+    Settings,
+    ShopConfig,
+    event_loop,
+    load_settings,
+)
 from connectors.base import Marketplace, OrderPage  # noqa: E402
 from connectors.jd import JdMarketplace  # noqa: E402
 from connectors.registry import marketplace_for  # noqa: E402
@@ -51,7 +56,7 @@ def serve(orders: int, days: float, seed: int) -> None:
             sys.stdout.flush()
             await asyncio.Event().wait()
 
-    asyncio.run(main())
+    event_loop.run(main())
 
 
 class Recording:
@@ -217,8 +222,8 @@ def main() -> None:
             config = Path(tmp) / "ecomhub.toml"
             config.write_text(json.loads(line)["toml"], encoding="utf-8")
             settings = load_settings(config, environ={})
-            elapsed, written, calls = asyncio.run(hub_pull(settings, Path(tmp) / "hub.db"))
-            fetch, fetched = asyncio.run(floor_fetch(settings, calls))
+            elapsed, written, calls = event_loop.run(hub_pull(settings, Path(tmp) / "hub.db"))
+            fetch, fetched = event_loop.run(floor_fetch(settings, calls))
             insert = floor_insert(written, Path(tmp) / "floor.db")
     finally:
         child.terminate()

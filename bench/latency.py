@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from api.server import free_port  # noqa: E402
 from bench.harness import TimedCreates, fill_stock  # noqa: E402
+from config import event_loop  # noqa: E402
 from connectors.webhooks import sign_webhook  # noqa: E402
 from sandbox.server import Sandbox  # noqa: E402
 from tests.e2e import HubProcess, prepared_hub  # noqa: E402
@@ -185,7 +186,7 @@ def main() -> None:
     parser.add_argument("--keep-log", type=Path, help="copy the hub's log here")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    asyncio.run(run(parser.parse_args()))
+    event_loop.run(run(parser.parse_args()))
 
 
 if __name__ == "__main__":

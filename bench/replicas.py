@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from api.server import free_port  # noqa: E402
 from bench.harness import fill_stock  # noqa: E402
+from config import event_loop  # noqa: E402
 from models import tables as t  # noqa: E402
 from models.store import Store  # noqa: E402
 from sandbox.faults import FaultProfile  # noqa: E402
@@ -254,7 +255,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=1)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    asyncio.run(run(parser.parse_args()))
+    event_loop.run(run(parser.parse_args()))
 
 
 if __name__ == "__main__":

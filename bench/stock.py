@@ -13,7 +13,6 @@ a no-change cycle and of the 1 % cycle, with the platform calls of each.
 """
 
 import argparse
-import asyncio
 import json
 import logging
 import random
@@ -32,7 +31,11 @@ import structlog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import Settings, ShopConfig  # noqa: E402
+from config import (  # noqa: E402
+    Settings,
+    ShopConfig,
+    event_loop,
+)
 from connectors.base import Marketplace  # noqa: E402
 from connectors.registry import marketplace_for  # noqa: E402
 from models.db import create_engine, upgrade  # noqa: E402
@@ -229,7 +232,7 @@ def main() -> None:
     parser.add_argument("--shops", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    asyncio.run(run(args.skus, args.changed, args.shops, args.seed))
+    event_loop.run(run(args.skus, args.changed, args.shops, args.seed))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ LIBRARY_HOMES = {
     "fastapi": {"api"},
     "uvicorn": {"api", "sandbox"},
     "apscheduler": {"sync", "api"},
+    "uvloop": {"config"},
 }
 # Connectors see models' types only, never the store.
 CONNECTORS_MAY_NOT = {"models.store", "models.tables", "models.db"}
