@@ -209,16 +209,23 @@ async def test_already_shipped_to_a_repeat_while_reads_lag_is_asked_again_later(
 # --- WMS callbacks that are not plain shipments ----------------------------------------------
 
 
-def status_confirm(code: str, status: str, state: WmsOrderState) -> ShipmentConfirm:
-    shipment = Shipment(
+def parcels(code: str, out_biz_code: str, *waybills: str) -> Shipment:
+    """What a confirm of delivery order `code` reports: one SF parcel per waybill, or none."""
+    return Shipment(
         delivery_order_code=code,
         warehouse="WH-EAST",
-        carrier="",
-        waybill="",
+        carrier="SF" if waybills else "",
+        waybill=waybills[0] if waybills else "",
+        packages=tuple(
+            Package(carrier="SF", waybill=w, items=(("SKU-0001", 1),)) for w in waybills
+        ),
         shipped_at=datetime(2026, 11, 20, 8, 0, tzinfo=UTC),
-        out_biz_code=f"{code}|status",
+        out_biz_code=out_biz_code,
     )
-    return ShipmentConfirm(shipment=shipment, final=True, status=status, state=state)
+
+
+def status_confirm(code: str, status: str, state: WmsOrderState) -> ShipmentConfirm:
+    return ShipmentConfirm(parcels(code, f"{code}|status"), final=True, status=status, state=state)
 
 
 @pytest.mark.parametrize(
@@ -262,23 +269,7 @@ async def test_a_final_confirm_without_parcels_closes_an_order_its_intermediates
     store: Store, settings: Settings
 ) -> None:
     code = await routed_order(store, settings)
-    parcel = Shipment(
-        delivery_order_code=code,
-        warehouse="WH-EAST",
-        carrier="SF",
-        waybill="SF1",
-        packages=(Package(carrier="SF", waybill="SF1", items=(("SKU-0001", 1),)),),
-        shipped_at=datetime(2026, 11, 20, 8, 0, tzinfo=UTC),
-        out_biz_code="OB-1",
-    )
-    final = Shipment(
-        delivery_order_code=code,
-        warehouse="WH-EAST",
-        carrier="",
-        waybill="",
-        shipped_at=datetime(2026, 11, 20, 9, 0, tzinfo=UTC),
-        out_biz_code="OB-2",
-    )
+    parcel, final = parcels(code, "OB-1", "SF1"), parcels(code, "OB-2")
     async with store.transaction() as tx:
         with pytest.raises(CallbackRefused):  # nothing shipped before: no waybill to confirm
             await apply_callback(tx, settings, "WH-EAST", ShipmentConfirm(final, True, "DELIVERED"))
