@@ -18,9 +18,10 @@ shop's `sign_method`.
 |                  | `taobao.item.quantity.update` (`type=1`) for items without SKUs              |
 
 Errors (decisions.md): code 7 / any `accesscontrol.*` → `RateLimited` with the ban seconds of
-`sub_msg`; code 10 and `isp.*` → transient (ambiguous on a write); codes 25/26/27 and
-`session-expired` → `AuthError`; other `isv.*` and anything else → `RejectedError` with sub_code and
-message. Codes 4/5/6/8 (user/session/partner/frequency call limits, platforms.md §1.3) are also
+`sub_msg`; code 10 (Service Currently Unavailable: nothing was done) → transient, retried even on
+a write; `isp.*` → transient, ambiguous on a write; `isv.trade-service-rejection` → `RateLimited`
+for the 3 minutes its message names; codes 25/26/27 and `session-expired` → `AuthError`; other
+`isv.*` and anything else → `RejectedError` with sub_code and message. Codes 4/5/6/8 (user/session/partner/frequency call limits, platforms.md §1.3) are also
 treated as rate limits, with backoff since they carry no ban time.
 
 Choices: ship and stock writes are not idempotent at the transport (an ambiguous failure goes to
