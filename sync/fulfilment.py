@@ -579,6 +579,13 @@ class Effects:
         wms = self.wms(delivery.warehouse)
         if maybe_sent(message):
             status = await wms.query_delivery_order(code)
+            if status.state == WmsOrderState.CANCELLED:
+                # The WMS has it but refused or cancelled it by itself: it will never ship, and
+                # the same code cannot be created again. A person must look.
+                raise RejectedError(
+                    f"the WMS holds {code} as {status.raw_status or 'cancelled'}: it will not "
+                    "ship it; re-route or fix the order in the WMS, then replay"
+                )
             if status.state != WmsOrderState.NOT_FOUND:
                 return _created(code, status.wms_order_id)
         carrier = self.settings.warehouse(delivery.warehouse).default_carrier

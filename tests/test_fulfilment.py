@@ -107,6 +107,24 @@ async def test_a_create_that_may_have_arrived_is_asked_for_first(
     assert delivery is not None and delivery.state.value == "created"
 
 
+async def test_a_create_the_wms_holds_as_refused_is_a_dead_letter_not_created(
+    store: Store, settings: Settings, clock: FixedClock
+) -> None:
+    wms, market = FakeWms(), FakeMarketplace(clock=clock)
+    code = await routed_order(store, settings)
+    async with store.transaction() as tx:  # an earlier attempt reached the WMS, then we crashed
+        assert len(await tx.claim_outbox("crashed", 10, timedelta(seconds=1))) == 1
+    wms.creates.append(code)
+    wms.cancels.append(code)  # the WMS refused it by itself (REJECT)
+    clock.advance(timedelta(seconds=2))
+    await dispatcher(store, settings, wms, market).drain_once()
+    async with store.transaction() as tx:
+        delivery = await tx.delivery_order(code)
+        (dead,) = await tx.dead_letters()
+    assert delivery is not None and delivery.state.value == "pending"
+    assert "will not ship it" in dead.last_error and wms.creates == [code]
+
+
 async def test_cancel_before_the_create_left_supersedes_it(
     store: Store, settings: Settings, clock: FixedClock
 ) -> None:
