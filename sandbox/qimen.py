@@ -671,8 +671,9 @@ class QimenWms:
             _time_field(head, name, name)
         _require(head, "shopNick")
         logistics = _require(head, "logisticsCode")
-        for name in ("name", "mobile", "province", "city", "detailAddress"):
-            _require(head, f"receiverInfo/{name}", f"receiverInfo.{name}")
+        for party in ("receiverInfo", "senderInfo"):  # both required by the spec
+            for name in ("name", "mobile", "province", "city", "detailAddress"):
+                _require(head, f"{party}/{name}", f"{party}.{name}")
         lines = self._lines(root, price_required=True)
         for line in lines:
             if line.item_code not in wh.on_hand:

@@ -478,6 +478,13 @@ class Sandbox:
                 f"priority = {wh.priority}",
                 f"default_carrier = {_q(wh.default_carrier)}",
                 f"stock_number = {_q(stock_number(wh.code))}",
+                "",
+                "[warehouses.sender]",
+                f"name = {_q(wh.code + ' 发货仓')}",
+                'mobile = "13800000000"',
+                f"province = {_q(wh.provinces[0] if wh.provinces else '浙江')}",
+                'city = "杭州市"',
+                f"detail = {_q(wh.code + ' 物流园 1 号')}",
             ]
         for carrier in self.carriers:
             out += [

@@ -47,6 +47,13 @@ def config_of(info: WarehouseInfo, **changes: object) -> WarehouseConfig:
         "provinces": info.provinces,
         "priority": info.priority,
         "default_carrier": info.default_carrier,
+        "sender": {
+            "name": "东仓",
+            "mobile": "13800000000",
+            "province": "浙江省",
+            "city": "杭州市",
+            "detail": "物流园 1 号",
+        },
     }
     values.update(changes)
     return WarehouseConfig.model_validate(values)

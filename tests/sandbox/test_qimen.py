@@ -163,6 +163,7 @@ def create_body(
         "city": "杭州市",
         "detailAddress": "西湖区 1 号",
     }
+    sender = {**receiver, "name": "东仓", "detailAddress": "物流园 1 号"}
     line = {
         "orderLineNo": "1",
         "ownerCode": WH.customer_id,
@@ -176,8 +177,8 @@ def create_body(
         return "".join(f"<{k}>{v}</{k}>" for k, v in d.items() if k != without)
 
     return (
-        f"<request><deliveryOrder>{xml(head)}<receiverInfo>{xml(receiver)}</receiverInfo>"
-        f"</deliveryOrder><orderLines><orderLine>{xml(line)}</orderLine></orderLines></request>"
+        f"<request><deliveryOrder>{xml(head)}<senderInfo>{xml(sender)}</senderInfo>"
+        f"<receiverInfo>{xml(receiver)}</receiverInfo></deliveryOrder><orderLines><orderLine>{xml(line)}</orderLine></orderLines></request>"
     )
 
 
