@@ -677,18 +677,29 @@ def outbox_replay(
     ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
 ) -> None:
-    """Send dead letters again (the next `push` or the daemon sends them)."""
+    """Send dead letters again: they are queued as due now (counting as attempts that may have
+    arrived, so each asks its target first) and the outbox is drained once."""
     settings = _state(ctx).settings()
     if not ids and not all_:
         fail("name dead-letter ids (see `ecomhub outbox dead`) or pass --all", code=2)
 
-    async def work(store: Store) -> list[int]:
+    async def work(store: Store) -> tuple[list[int], list[OutboxMessage]]:
         async with store.transaction() as tx:
-            return await tx.replay_dead(None if all_ else ids)
+            revived = await tx.replay_dead(None if all_ else ids)
+        if revived:
+            await push_once(settings, store)
+        async with store.read() as tx:
+            after = [await tx.outbox_message(i) for i in revived]
+        return revived, [m for m in after if m is not None]
 
-    revived = execute(ctx, with_store(settings, work))
+    revived, after = execute(ctx, with_store(settings, work))
     missing = sorted(set(ids or ()) - set(revived))
-    out.print(f"replaying {len(revived)} messages: {revived}")
+    outcome = Counter(m.status.value for m in after)
+    out.print(
+        f"replayed {len(revived)} messages: {outcome.get('done', 0)} sent, "
+        f"{outcome.get('pending', 0)} to retry, {outcome.get('dead', 0)} dead again"
+        + (" (see `ecomhub outbox dead`)" if outcome.get("dead") else "")
+    )
     if missing:
         fail(f"not dead letters: {missing}")
 

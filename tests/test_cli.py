@@ -153,3 +153,34 @@ def test_demo_accounts_for_every_order(tmp_path: Path) -> None:
     # A delivery order cancelled (a live refund) before its create was sent never reaches the WMS.
     assert 0 < created <= routed and shipped <= created and confirmed <= shipped
     assert (tmp_path / "demo" / "ecomhub.toml").exists()
+
+
+def test_replay_sends_dead_letters_again_and_says_how_they_fared(
+    config: Path, tmp_path: Path
+) -> None:
+    assert ecomhub(config, "db", "upgrade").returncode == 0
+    script = f"""
+import asyncio, sys
+from datetime import timedelta
+sys.path.insert(0, {str(MAIN.parent)!r})
+from models.domain import OutboxMessage
+from models.store import Store
+
+async def main():
+    store = Store.open("sqlite:///{tmp_path / "data" / "hub.db"}")
+    async with store.transaction() as tx:
+        await tx.enqueue([OutboxMessage(kind="wms.create", target="WH-EAST",
+                                        idempotency_key="wms.create:gone", payload={{"code": "gone"}})])
+        (claimed,) = await tx.claim_outbox("cli-test", 1, timedelta(minutes=1))
+        await tx.retry_outbox(claimed.id, "cli-test", "refused", None, ambiguous=False)
+    await store.close()
+
+asyncio.run(main())
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert "gone" in ecomhub(config, "outbox", "dead").stdout
+    proc = ecomhub(config, "outbox", "replay", "--all")
+    assert proc.returncode == 0, proc.stderr
+    # its delivery order does not exist: sent again, refused again
+    assert "replayed 1 messages: 0 sent, 0 to retry, 1 dead again" in proc.stdout
+    assert ecomhub(config, "outbox", "replay", "999").returncode == 1
