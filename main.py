@@ -5,8 +5,10 @@ message names the field and the file). No command ends in a bare traceback.
 """
 
 import asyncio
+import contextlib
 import csv
 import json
+import signal
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -256,7 +258,10 @@ async def _watchdog(systemd: "SystemdNotifier", daemon: "Daemon", stop: asyncio.
 @app.command()
 def demo(
     ctx: typer.Context,
-    seconds: Annotated[float, typer.Option(help="Stop after N seconds.")] = 30.0,
+    seconds: Annotated[
+        float | None,
+        typer.Option(help="Stop after N seconds (default: run until Ctrl-C, then the summary)."),
+    ] = None,
     rate: Annotated[float, typer.Option(help="Live orders per second in the sandbox.")] = 4.0,
     seed: Annotated[int, typer.Option(help="Sandbox world seed.")] = 1,
     backlog: Annotated[
@@ -277,7 +282,7 @@ def demo(
 
 
 async def run_demo(
-    *, seconds: float, rate: float, seed: int, backlog: int, directory: Path
+    *, seconds: float | None, rate: float, seed: int, backlog: int, directory: Path
 ) -> None:
     from rich.live import Live
 
@@ -330,11 +335,20 @@ async def run_demo(
                         f"config and database in {directory}/"
                     )
                     loop = asyncio.get_running_loop()
-                    deadline = loop.time() + seconds
+                    deadline = None if seconds is None else loop.time() + seconds
+                    # Ctrl-C (or SIGTERM) ends the live part; the summary still comes. A second
+                    # one during the wind-down interrupts for good.
+                    stop = asyncio.Event()
+                    for signum in (signal.SIGINT, signal.SIGTERM):
+                        loop.add_signal_handler(signum, stop.set)
                     with Live(console=out, refresh_per_second=2) as live:
-                        while loop.time() < deadline:
+                        while not stop.is_set() and (deadline is None or loop.time() < deadline):
                             live.update(await demo_table(settings, store, sb))
-                            await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+                            left = 0.5 if deadline is None else deadline - loop.time()
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(stop.wait(), max(0.0, min(0.5, left)))
+                        for signum in (signal.SIGINT, signal.SIGTERM):
+                            loop.remove_signal_handler(signum)
                         await sb.stop_live()
                         stopped = store.clock.now()
                         # Wait until every shop's live cursor has passed the moment the world

@@ -1,8 +1,10 @@
 """The CLI as an operator uses it: a subprocess per command against a real SQLite file."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +155,26 @@ def test_demo_accounts_for_every_order(tmp_path: Path) -> None:
     # A delivery order cancelled (a live refund) before its create was sent never reaches the WMS.
     assert 0 < created <= routed and shipped <= created and confirmed <= shipped
     assert (tmp_path / "demo" / "ecomhub.toml").exists()
+
+
+@pytest.mark.slow
+def test_demo_without_seconds_runs_until_ctrl_c_then_sums_up(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(MAIN), "demo", "--backlog", "20", "--dir", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        time.sleep(8)
+        assert proc.poll() is None, "the demo stopped by itself"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "summary:" in stdout and ", 0 missing" in stdout
 
 
 def test_replay_sends_dead_letters_again_and_says_how_they_fared(
