@@ -1452,7 +1452,6 @@ class Tx:
         self, shop: str, platform_order_id: str, orders: Sequence[NewDeliveryOrder]
     ) -> None:
         """Record routed delivery orders and their lines (they reserve stock from now on)."""
-        now = self.clock.now()
         order_id = (
             await self.connection.execute(
                 select(t.orders.c.id).where(
@@ -1460,22 +1459,29 @@ class Tx:
                 )
             )
         ).scalar_one()
-        await self.connection.execute(
-            insert(t.delivery_orders),
-            [
-                {
-                    "code": d.code,
-                    "order_id": order_id,
-                    "shop": shop,
-                    "warehouse": d.warehouse,
-                    "state": DeliveryState.PENDING.value,
-                    "wms_order_id": "",
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for d in orders
-            ],
-        )
+        await self.add_routed([(order_id, shop, d) for d in orders])
+
+    async def add_routed(self, routed: Sequence[tuple[int, str, NewDeliveryOrder]]) -> None:
+        """`add_delivery_orders` for many orders at once, by their store ids (order id, shop,
+        delivery order): one statement per table for a whole routing batch."""
+        if not routed:
+            return
+        now = self.clock.now()
+        heads = [
+            {
+                "code": d.code,
+                "order_id": order_id,
+                "shop": shop,
+                "warehouse": d.warehouse,
+                "state": DeliveryState.PENDING.value,
+                "wms_order_id": "",
+                "created_at": now,
+                "updated_at": now,
+            }
+            for order_id, shop, d in routed
+        ]
+        for chunk in _chunks(heads):
+            await self.connection.execute(insert(t.delivery_orders), list(chunk))
         lines = [
             {
                 "code": d.code,
@@ -1485,7 +1491,7 @@ class Tx:
                 "qty": qty,
                 "price_fen": price_fen,
             }
-            for d in orders
+            for _, _, d in routed
             for number, (order_line_no, sku, qty, price_fen) in enumerate(d.lines, start=1)
         ]
         for chunk in _chunks(lines):
@@ -1553,15 +1559,18 @@ class Tx:
         ]
 
     async def orders_to_route(
-        self, shops: Sequence[str] | None = None, limit: int = 500
-    ) -> list[Order]:
-        """Paid orders that passed review (or were released) and have no delivery order yet."""
+        self, shops: Sequence[str] | None = None, limit: int = 500, after_id: int = 0
+    ) -> list[tuple[int, Order]]:
+        """Paid orders that passed review (or were released) and have no delivery order yet, by
+        id, from `after_id` on (a routing run goes on from its last batch instead of reading the
+        orders it routed again), with their store ids."""
         routed = select(t.delivery_orders.c.order_id).where(
             t.delivery_orders.c.order_id == t.orders.c.id
         )
         query = (
             select(t.orders)
             .where(
+                t.orders.c.id > after_id,
                 t.orders.c.review_state.in_([ReviewState.PASSED.value, ReviewState.RELEASED.value]),
                 t.orders.c.status == OrderStatus.PAID.value,
                 ~routed.exists(),
@@ -1573,7 +1582,7 @@ class Tx:
             query = query.where(t.orders.c.shop.in_(list(shops)))
         rows = (await self.connection.execute(query)).all()
         lines = await self._lines_of([row.id for row in rows])
-        return [_order_from_rows(row, lines.get(row.id, [])) for row in rows]
+        return [(row.id, _order_from_rows(row, lines.get(row.id, []))) for row in rows]
 
     async def _order_row_of_delivery(self, code: str) -> Row[Any] | None:
         return (

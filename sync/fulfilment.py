@@ -19,6 +19,7 @@ ship with "already shipped", which the connectors check and report as done. Ship
 changes are applied once per outBizCode.
 """
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -85,6 +86,8 @@ class RoutingStats:
     held: int = 0
     delivery_orders: int = 0
     by_warehouse: dict[str, int] = field(default_factory=dict)
+    last_id: int = 0
+    """The highest order id the batch looked at (0: none was ready)."""
 
 
 def _unit_price_fen(payment: Decimal, units: int) -> int:
@@ -127,19 +130,57 @@ def _code(order: Order, number: int | None) -> str:
     return base if number is None else f"{base}-{number}"
 
 
-async def route_ready(tx: Tx, settings: Settings, limit: int = 500) -> RoutingStats:
-    """Route every order that is ready; reserve its stock and write its `wms.create` messages."""
+@dataclass
+class RoutingView:
+    """What routing decides on: the catalogue and each read warehouse's available stock. Read
+    once and carried across the batches of one `route_all` (each batch takes its own orders off
+    `available`), and read again after `ROUTING_VIEW_TTL`: reading reservations sums every
+    unshipped delivery order, which per batch made routing a big backlog quadratic."""
+
+    resolver: SkuResolver
+    available: dict[str, dict[str, int]]
+    read_at: float
+
+    @classmethod
+    async def read(cls, tx: Tx) -> "RoutingView":
+        available = _available(await tx.stock_levels())
+        read = await tx.read_warehouses()
+        return cls(
+            resolver=await load_resolver(tx),
+            available={wh: stock for wh, stock in available.items() if wh in read},
+            read_at=time.monotonic(),
+        )
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self.read_at > ROUTING_VIEW_TTL
+
+
+ROUTING_VIEW_TTL = 5.0
+"""Seconds a routing run trusts its view of stock (stock changes and readings land meanwhile)."""
+
+
+async def route_ready(
+    tx: Tx,
+    settings: Settings,
+    limit: int = 500,
+    *,
+    view: RoutingView | None = None,
+    after_id: int = 0,
+) -> RoutingStats:
+    """Route every order that is ready (up to `limit`, ids above `after_id`); reserve its stock
+    and write its `wms.create` messages."""
     stats = RoutingStats()
-    orders = await tx.orders_to_route(limit=limit)
+    orders = await tx.orders_to_route(limit=limit, after_id=after_id)
     if not orders:
         return stats
-    resolver = await load_resolver(tx)
-    levels = await tx.stock_levels()
-    available = _available(levels)
-    read = await tx.read_warehouses()
-    available = {wh: stock for wh, stock in available.items() if wh in read}
+    stats.last_id = orders[-1][0]
+    if view is None:
+        view = await RoutingView.read(tx)
+    resolver, available = view.resolver, view.available
     shops = {s.code: s for s in settings.shops}
-    for order in orders:
+    routed: list[tuple[int, str, NewDeliveryOrder]] = []
+    for order_id, order in orders:
         shop = shops.get(order.shop)
         lines = shippable_lines(order, resolver)
         if shop is None or lines is None:
@@ -183,8 +224,7 @@ async def route_ready(tx: Tx, settings: Settings, limit: int = 500) -> RoutingSt
             )
             for n, a in enumerate(decision.assignments, start=1)
         ]
-        await tx.add_delivery_orders(order.shop, order.platform_order_id, new)
-        await tx.enqueue([_create_message(d.code, d.warehouse) for d in new])
+        routed.extend((order_id, order.shop, d) for d in new)
         for d in new:
             stock = available.get(d.warehouse)
             if stock is not None:
@@ -193,6 +233,9 @@ async def route_ready(tx: Tx, settings: Settings, limit: int = 500) -> RoutingSt
             stats.by_warehouse[d.warehouse] = stats.by_warehouse.get(d.warehouse, 0) + 1
         stats.routed += 1
         stats.delivery_orders += len(new)
+    # The whole batch in a few statements (one per table), not a handful per order.
+    await tx.add_routed(routed)
+    await tx.enqueue([_create_message(d.code, d.warehouse) for _, _, d in routed])
     return stats
 
 
@@ -200,15 +243,20 @@ async def route_all(store: Store, settings: Settings, batch: int = 100) -> Routi
     """Route everything that is ready, a batch per transaction (small batches: a routing
     transaction holds SQLite's writer, and creates and callbacks wait behind it)."""
     total = RoutingStats()
+    view: RoutingView | None = None
+    after_id = 0
     while True:
         async with store.transaction() as tx:
-            stats = await route_ready(tx, settings, limit=batch)
+            if view is None or view.stale:
+                view = await RoutingView.read(tx)
+            stats = await route_ready(tx, settings, limit=batch, view=view, after_id=after_id)
+        after_id = max(after_id, stats.last_id)
         total.routed += stats.routed
         total.held += stats.held
         total.delivery_orders += stats.delivery_orders
         for warehouse, n in stats.by_warehouse.items():
             total.by_warehouse[warehouse] = total.by_warehouse.get(warehouse, 0) + n
-        if stats.routed + stats.held < batch:
+        if stats.last_id == 0:  # nothing above `after_id` is ready
             return total
 
 

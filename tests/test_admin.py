@@ -479,7 +479,7 @@ async def test_release_marks_the_order_released_once(
     stored = await store.get_order(SHOP, "1001")
     assert stored is not None and stored.review_state == ReviewState.RELEASED
     async with store.transaction() as tx:
-        assert [o.platform_order_id for o in await tx.orders_to_route()] == ["1001"]
+        assert [o.platform_order_id for _, o in await tx.orders_to_route()] == ["1001"]
 
     again = await call(client, "POST", f"/admin/orders/{SHOP}/1001/release", headers=AUTH)
     assert again.status_code == 404

@@ -30,6 +30,7 @@ from sync.fulfilment import (
     Effects,
     apply_callback,
     react_to_changes,
+    route_all,
     route_ready,
 )
 from sync.outbox import Dispatcher
@@ -82,6 +83,25 @@ async def routed_order(store: Store, settings: Settings, order_id: str = "1001")
         stats = await route_ready(tx, settings)
     assert stats.routed == 1
     return f"{SHOP}-{order_id}"
+
+
+async def test_a_routing_run_carries_its_stock_view_across_batches(
+    store: Store, settings: Settings, clock: FixedClock
+) -> None:
+    """Small batches, one view of stock: each batch's reservations count for the next, so 3
+    units route 3 one-unit orders and hold the other 2 (no stock), whatever the batch size."""
+    async with store.transaction() as tx:
+        await tx.upsert_master_skus([MasterSku(sku="SKU-0001")])
+        await tx.upsert_orders([make_order(str(1001 + n)) for n in range(5)])
+        for n in range(5):
+            await tx.set_review(SHOP, str(1001 + n), ReviewState.PASSED)
+        await tx.set_stock("WH-EAST", {"SKU-0001": 3}, clock.now())
+    stats = await route_all(store, settings, batch=2)
+    assert (stats.routed, stats.held) == (3, 2)
+    async with store.transaction() as tx:
+        assert await tx.orders_to_route() == []
+        (level,) = await tx.stock_levels("WH-EAST")
+    assert level.reserved == 3
 
 
 def dispatcher(
