@@ -315,6 +315,8 @@ stock_changes = Table(
     Column("order_type", String(16), nullable=False, default=""),
     _created(),
     UniqueConstraint("warehouse", "out_biz_code", "sku"),
+    # What a delivery order shipped (its sales document's lines) is read by its code.
+    Index("ix_stock_changes_order_code", "order_code"),
 )
 
 bills = Table(
