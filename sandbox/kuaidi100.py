@@ -48,6 +48,7 @@ not checked against the subscribed company; `phone` is not required for any carr
 """
 
 import asyncio
+import heapq
 import itertools
 import json
 import random
@@ -347,11 +348,11 @@ class Kuaidi100Sim:
         if existing is None:
             outcome = self._outcome()
             self._tracks[number] = Track(company, number, outcome)
-            self._stages.append((now + self.push_delay, next(self._ids), sub, 1))
-            self._stages.append((now + 2 * self.push_delay, next(self._ids), sub, 2))
+            heapq.heappush(self._stages, (now + self.push_delay, next(self._ids), sub, 1))
+            heapq.heappush(self._stages, (now + 2 * self.push_delay, next(self._ids), sub, 2))
         else:
             # A finished number subscribed again: push its whole (final) track once more.
-            self._stages.append((now + self.push_delay, next(self._ids), sub, 0))
+            heapq.heappush(self._stages, (now + self.push_delay, next(self._ids), sub, 0))
         return sub
 
     def _company(self, company: str, number: str, parameters: dict[str, Any]) -> str:
@@ -374,8 +375,9 @@ class Kuaidi100Sim:
     def tick(self) -> None:
         """Reveal every due stage of every track and queue its push."""
         now = time.monotonic()
-        due = sorted((s for s in self._stages if s[0] <= now), key=lambda s: (s[0], s[1]))
-        self._stages = [s for s in self._stages if s[0] > now]
+        due = []
+        while self._stages and self._stages[0][0] <= now:  # a heap: no scan of what is not due
+            due.append(heapq.heappop(self._stages))
         for _, _, sub, stage in due:
             track = self._tracks[sub.number]
             if stage:

@@ -437,6 +437,8 @@ class QimenWms:
         self.ambiguous_mode: AmbiguousMode = ambiguous_mode
 
         self.creates: list[DeliveryOrder] = []
+        self._latest: dict[tuple[str, str], DeliveryOrder] = {}
+        """The latest create of each (warehouse, code): `order` answers without a scan."""
         self.entry_creates: list[EntryOrder] = []
         self.cancels: list[CancelRecord] = []
         self.callbacks: list[Callback] = []
@@ -490,8 +492,7 @@ class QimenWms:
 
     def order(self, warehouse: str, code: str) -> DeliveryOrder | None:
         """The latest delivery order created under `code` in `warehouse`."""
-        found = [o for o in self.creates if o.warehouse == warehouse and o.code == code]
-        return found[-1] if found else None
+        return self._latest.get((warehouse, code))
 
     def _delivered(self, method: str) -> list[Callback]:
         return [c for c in self.callbacks if c.method == method and c.delivered]
@@ -689,6 +690,7 @@ class QimenWms:
             received_at=cst_now(),
         )
         self.creates.append(order)
+        self._latest[(order.warehouse, order.code)] = order
         wh.lock(lines, +1)
         self._schedule(self.ship_delay / 2, lambda: self._accept(order))
         self._schedule(self.ship_delay, lambda: self._ship(order))

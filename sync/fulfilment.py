@@ -366,7 +366,7 @@ async def _apply_shipment(
     if confirm.state is not WmsOrderState.SHIPPED:
         return await _status_report(tx, confirm)
     code = shipment.delivery_order_code
-    if not shipment.packages:
+    if not shipment.packages and not shipment.waybill:
         # A final confirm may carry no parcel when intermediate confirms carried them all.
         earlier = await tx.shipments_of(code)
         if not earlier or not confirm.final:
