@@ -43,11 +43,16 @@ async def deliver_until_acknowledged(
     the item waits `first · 2ⁿ` seconds, at most `cap`."""
     first, cap = backoff
     in_flight = asyncio.Semaphore(parallel)
+    oldest = 0
+    """Index of the oldest undelivered item: `items` only grows, and what lies before it is
+    delivered, so a tick looks at the open tail, not at every callback ever made."""
     async with httpx.AsyncClient(timeout=request_timeout) as client:
         while True:
+            while oldest < len(items) and items[oldest].delivered:
+                oldest += 1
             now = time.monotonic()
             due = sorted(
-                (item for item in items if not item.delivered and item.next_at <= now),
+                (item for item in items[oldest:] if not item.delivered and item.next_at <= now),
                 key=lambda item: (item.next_at, item.seq),
             )
 
