@@ -61,7 +61,7 @@ from models.domain import (
     StockLevel,
     SyncError,
 )
-from models.store import NewDeliveryOrder, Store, TrackingMove, Tx, to_fen
+from models.store import DeliveryOrder, NewDeliveryOrder, Store, TrackingMove, Tx, to_fen
 from sync.channel_stock import PLATFORM_STOCK, StockPusher
 from sync.erp import apply_inbound, record_sales_outbound
 from sync.mapping import SkuResolver
@@ -366,6 +366,7 @@ async def _apply_shipment(
     if confirm.state is not WmsOrderState.SHIPPED:
         return await _status_report(tx, confirm)
     code = shipment.delivery_order_code
+    out_biz_code = shipment.out_biz_code
     if not shipment.packages and not shipment.waybill:
         # A final confirm may carry no parcel when intermediate confirms carried them all.
         earlier = await tx.shipments_of(code)
@@ -379,7 +380,7 @@ async def _apply_shipment(
             DeliveryState.AFTER_SALES,
         ):
             return "shipment repeated"
-        shipment = earlier[0]  # its parcels are stored, and its stock taken off already
+        shipment = earlier[0]  # the parcel the marketplace gets
     else:
         if not await tx.add_shipment(shipment):
             return "shipment repeated"
@@ -395,20 +396,17 @@ async def _apply_shipment(
             f"{WMS_CREATE}:{code}", "settled: the WMS confirmed the shipment"
         ):
             log.info("create settled by the WMS's shipment confirm", code=code)
-        # Summed per SKU: the ledger applies one change per (outBizCode, SKU), so two lines of
-        # one SKU would otherwise lose the second.
-        # Without lines or items, a final confirm shipped the plan; an intermediate one, we
-        # cannot tell what (the next stock reading tells).
-        plan = [(sku, qty) for _, sku, qty, _ in delivery.lines] if confirm.final else []
-        shipped: dict[str, int] = {}
-        for sku, qty in confirm.shipped_lines or plan:
-            shipped[sku] = shipped.get(sku, 0) + qty
-        for sku, qty in shipped.items():
-            await tx.apply_stock_change(
-                warehouse, shipment.out_biz_code, sku, -qty, order_code=code, order_type="JYCK"
-            )
-        if not confirm.final:
-            return "intermediate shipment stored"
+    # Summed per SKU: the ledger applies one change per (outBizCode, SKU), so two lines of one
+    # SKU would otherwise lose the second.
+    shipped: dict[str, int] = {}
+    for sku, qty in confirm.shipped_lines or await _rest_of_plan(tx, delivery, confirm):
+        shipped[sku] = shipped.get(sku, 0) + qty
+    for sku, qty in shipped.items():
+        await tx.apply_stock_change(
+            warehouse, out_biz_code, sku, -qty, order_code=code, order_type="JYCK"
+        )
+    if not confirm.final:
+        return "intermediate shipment stored"
     was_cancelling = delivery.state == DeliveryState.CANCEL_PENDING
     await tx.set_delivery_state(code, DeliveryState.SHIPPED)
     order = await tx.order_of_delivery(code)
@@ -450,6 +448,24 @@ async def _apply_shipment(
         ]
     )
     return "shipment stored"
+
+
+async def _rest_of_plan(
+    tx: Tx, delivery: DeliveryOrder, confirm: ShipmentConfirm
+) -> list[tuple[str, int]]:
+    """What a confirm without lines or items shipped: for a final one, the plan less what its
+    intermediate confirms took off already; for an intermediate one we cannot tell (the next
+    stock reading does)."""
+    if not confirm.final:
+        return []
+    taken = await tx.shipped_quantities(delivery.code)
+    rest: list[tuple[str, int]] = []
+    for _, sku, qty, _ in delivery.lines:
+        used = min(qty, taken.get(sku, 0))
+        taken[sku] = taken.get(sku, 0) - used
+        if qty > used:
+            rest.append((sku, qty - used))
+    return rest
 
 
 async def _status_report(tx: Tx, confirm: ShipmentConfirm) -> str:

@@ -33,7 +33,7 @@ import structlog
 
 from config import Settings, ShopConfig
 from connectors.base import Marketplace, OrderPage
-from connectors.errors import AuthError, ConnectorError, RateLimited
+from connectors.errors import AuthError, BadPayload, ConnectorError, RateLimited
 from models.clock import Clock, SystemClock
 from models.domain import Cursor, Order, RunStatus, SyncError, SyncRun
 from models.store import Store
@@ -116,6 +116,8 @@ def split(start: datetime, end: datetime, parts: int) -> list[tuple[datetime, da
     return list(itertools.pairwise(bounds))
 
 
+MAX_BLIND_PAGES = 200
+"""Pages read forward within one second when the platform reports no total (a safety stop)."""
 PLATFORM_HISTORY = timedelta(days=89)
 """How far back a modified-time query may start: "the last 3 months" (TOP, JD), with a margin."""
 
@@ -326,6 +328,21 @@ class OrderPuller:
     ) -> _Chunk:
         """More than a page of orders within one second: page backwards, then check the total."""
         chunk = _Chunk(end)
+        if first.window_total != first.total:
+            # No usable total to page backwards from: read forward until a page comes back
+            # short (the overlap of the next pull re-reads what moved meanwhile).
+            chunk.add(first)
+            last, number = first, 1
+            while len(last.orders) + len(last.errors) >= self.page_size:
+                number += 1
+                if number > MAX_BLIND_PAGES:
+                    raise BadPayload(
+                        f"{self.shop.code}: {MAX_BLIND_PAGES} full pages in one second and no "
+                        "total: the platform does not seem to page"
+                    )
+                last = await self._page(start, end, number, stats)
+                chunk.add(last)
+            return chunk
         for _ in range(DENSE_REREADS):
             pages = max(1, math.ceil(first.window_total / self.page_size))
             for page in range(pages, 1, -1):

@@ -1,6 +1,7 @@
 """Fulfilment against fakes: ask before re-send, cancels that supersede or wait, after-sales."""
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -320,5 +321,31 @@ async def test_a_final_confirm_without_parcels_closes_an_order_its_intermediates
         assert await apply_callback(tx, settings, "WH-EAST", closing) == "shipment repeated"
         delivery = await tx.delivery_order(code)
         ships = [m for m in await tx.outbox_messages() if m.kind == PLATFORM_SHIP]
+        taken = await tx.shipped_quantities(code)
     assert delivery is not None and delivery.state.value == "shipped"
     assert [(m.payload["carrier"], m.payload["waybill"]) for m in ships] == [("SF", "SF1")]
+    assert taken == {"SKU-0001": 1}  # the plan's one unit, once
+
+
+@pytest.mark.parametrize("intermediate_items", [(("SKU-0001", 1),), ()])
+async def test_a_final_confirm_without_items_takes_off_only_the_rest_of_the_plan(
+    store: Store, settings: Settings, intermediate_items: tuple[tuple[str, int], ...]
+) -> None:
+    """The plan is 2 units: an intermediate confirm took 1 (or, reporting no items, none); a
+    final confirm with a parcel but no items or lines takes off the rest, not the whole plan."""
+    async with store.transaction() as tx:
+        await tx.upsert_master_skus([MasterSku(sku="SKU-0001")])
+        order = make_order("2001")
+        two = order.lines[0].model_copy(update={"qty": 2})
+        await tx.upsert_orders([order.model_copy(update={"lines": (two,)})])
+    code = f"{SHOP}-2001"
+    async with store.transaction() as tx:
+        await tx.set_review(SHOP, "2001", ReviewState.PASSED)
+        assert (await route_ready(tx, settings)).routed == 1
+        first = ShipmentConfirm(parcels(code, "OB-1", "SF1"), False, "PARTDELIVERED")
+        first = replace(first, shipped_lines=intermediate_items)
+        await apply_callback(tx, settings, "WH-EAST", first)
+        last = ShipmentConfirm(parcels(code, "OB-2", "SF2"), True, "DELIVERED")
+        await apply_callback(tx, settings, "WH-EAST", last)
+        taken = await tx.shipped_quantities(code)
+    assert taken == {"SKU-0001": 2}

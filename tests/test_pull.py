@@ -153,6 +153,17 @@ async def test_more_than_a_page_in_one_second_pages_backwards(
     assert 3 in dense and dense.index(3) < dense.index(2)  # last page first
 
 
+async def test_a_dense_second_without_totals_is_read_until_a_short_page(
+    store: Store, market: FakeMarketplace
+) -> None:
+    market.reports_totals = False
+    moment = market.clock.now() - timedelta(minutes=30)
+    for n in range(250):
+        market.put(make_order(f"D{n:04d}").model_copy(update={"modified": moment}))
+    await puller(store, market).pull()
+    assert await stored_ids(store) == truth(market)
+
+
 async def test_failed_slice_is_retried_from_its_start(
     store: Store, market: FakeMarketplace
 ) -> None:
