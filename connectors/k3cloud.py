@@ -52,6 +52,7 @@ rules, so the hub keys every document on a deterministic `FBillNo` and asks `Exe
 """
 
 import asyncio
+import copy
 import json
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -284,7 +285,7 @@ class K3CloudErp:
             # Every message and poll would otherwise try the refused credentials again, and
             # K3Cloud locks a user after repeated failed logins.
             if self._refused is not None and time.monotonic() - self._refused[0] < LOGIN_COOLDOWN:
-                raise self._refused[1]
+                raise copy.copy(self._refused[1])  # a fresh one: no traceback piling up
             body = {
                 "acctID": self.config.acct_id,
                 "username": self.config.username,

@@ -1384,7 +1384,8 @@ class Tx:
             .where(t.outbox.c.status == OutboxStatus.DEAD.value)
             .values(
                 status=OutboxStatus.PENDING.value,
-                next_attempt_at=now,
+                # Due since it was written, so it goes before the target's backlog, not after.
+                next_attempt_at=t.outbox.c.created_at,
                 claimed_by=None,
                 claimed_until=None,
                 done_at=None,

@@ -29,13 +29,10 @@ overwrites a newer record). Computations run under the `stock-sync` lease, so tw
 interleave their enqueues.
 """
 
-import asyncio
-import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -46,7 +43,6 @@ from connectors.base import Listing, Marketplace, StockUpdate
 from connectors.errors import ConnectorError, RejectedError, TransientError
 from models.domain import Cursor, OutboxMessage
 from models.store import Store, StoredListing, Tx
-from sync.leases import keep_lease
 from sync.mapping import ResolvedLine, SkuResolver
 from sync.outbox import Record
 from sync.review import load_resolver
@@ -288,7 +284,7 @@ async def sync_channel_stock(
 ) -> StockSync:
     """One stock sync of `shops` (default all): refresh listings when due (always with `full`),
     compute every listing and enqueue what must be pushed. Sends nothing itself: the outbox
-    dispatcher does. Run it under the `stock-sync` lease (`stock_lease`)."""
+    dispatcher does. Run it under the `stock-sync` lease (`sync.leases.hold_lease`)."""
     result = StockSync()
     async with store.read() as tx:
         if not await tx.read_warehouses():
@@ -331,37 +327,6 @@ async def sync_channel_stock(
             full=full,
         )
     return result
-
-
-@contextlib.asynccontextmanager
-async def stock_lease(
-    store: Store, owner: str, ttl: timedelta, *, wait: float = 60.0
-) -> AsyncIterator[None]:
-    """Hold the `stock-sync` lease (the daemon's job holds the same one) while the body runs:
-    wait up to `wait` seconds for it, keep it (`keep_lease`: the body is cancelled if it is
-    lost), give it back at the end."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while True:
-        async with store.transaction() as tx:
-            if await tx.acquire_lease(STOCK_SYNC_JOB, owner, ttl):
-                break
-            holder = await tx.lease_owner(STOCK_SYNC_JOB)
-        if loop.time() >= deadline:
-            who = holder[0] if holder else "another process"
-            raise TimeoutError(f"a stock sync is running elsewhere ({who}); try again later")
-        await asyncio.sleep(0.5)
-
-    body = asyncio.current_task()
-    assert body is not None
-    renewer = asyncio.create_task(keep_lease(store, STOCK_SYNC_JOB, owner, ttl, body))
-    try:
-        yield
-    finally:
-        renewer.cancel()
-        await asyncio.wait([renewer])  # lets a cancel of this job through, unlike `await renewer`
-        async with store.transaction() as tx:
-            await tx.release_lease(STOCK_SYNC_JOB, owner)
 
 
 # --- the outbox handler -----------------------------------------------------------------------

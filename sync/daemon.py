@@ -54,7 +54,7 @@ from sync.metrics import HubMetrics
 from sync.orders import OrderPuller
 from sync.outbox import Dispatcher, RetrySchedule
 from sync.reconcile import reconcile_inventory
-from sync.runtime import replica_name
+from sync.runtime import ROUTE_JOB, replica_name
 from sync.stock import read_stock
 
 log = structlog.get_logger("ecomhub.sync.daemon")
@@ -182,7 +182,7 @@ class Daemon:
         self._dispatcher.wake.set()
 
     def request_route(self) -> None:
-        self._trigger("route", self._route)
+        self._trigger(ROUTE_JOB, self._route)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class Daemon:
                 self._every(
                     f"tmc:{shop.code}", self.options.tmc_interval, self._tmc_job(shop), first=now
                 )
-        self._every("route", self.options.route_interval, self._route, first=now)
+        self._every(ROUTE_JOB, self.options.route_interval, self._route, first=now)
         if self.settings.warehouses:
             self._every("stock", self.options.stock_interval, self._stock, first=now)
         for warehouse in self.settings.warehouses:

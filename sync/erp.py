@@ -477,9 +477,14 @@ class ErpEffects:
                 number=number,
                 status=found.status,
             )
-            found = await observed(
-                "audit_document", self.erp().audit_document(kind, found), self.observe
-            )
+            try:
+                found = await observed(
+                    "audit_document", self.erp().audit_document(kind, found), self.observe
+                )
+            except RejectedError as exc:
+                # Usually ERP stock not there yet (a receipt still on its way): asked again on
+                # the retry schedule, a dead letter only after the last attempt.
+                raise TransientError(f"the ERP refuses to audit {number}: {exc}") from None
         return found
 
     async def _save(

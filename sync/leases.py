@@ -1,5 +1,6 @@
 """Keeping a job's lease while the job runs: one renewal loop for the daemon's jobs and for the
-manual runs that share a job's lease (`ecomhub sync inventory` holds `stock-sync`).
+manual runs that share a job's lease (`ecomhub sync inventory` holds `stock-sync`, a manual pull's
+routing holds `route`).
 
 A lease is a row (`Tx.acquire_lease`) that is free, expired, or already ours; held for `ttl` and
 renewed every third of it. A renewal that fails (the database blinked) is tried again at the next
@@ -8,6 +9,8 @@ process holds it now, so the work is cancelled rather than run twice.
 """
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -37,3 +40,34 @@ async def keep_lease(
             log.error("lease lost to another process; stopping its work", lease=name)
             work.cancel()
             return
+
+
+@contextlib.asynccontextmanager
+async def hold_lease(
+    store: Store, name: str, owner: str, ttl: timedelta, *, wait: float = 60.0
+) -> AsyncIterator[None]:
+    """Hold lease `name` (the daemon's job of that name holds the same one) while the body
+    runs: wait up to `wait` seconds for it, keep it (`keep_lease`: the body is cancelled if it is
+    lost), give it back at the end. `TimeoutError` names the holder when it stays taken."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        async with store.transaction() as tx:
+            if await tx.acquire_lease(name, owner, ttl):
+                break
+            holder = await tx.lease_owner(name)
+        if loop.time() >= deadline:
+            who = holder[0] if holder else "another process"
+            raise TimeoutError(f"{name} is running elsewhere ({who}); try again later")
+        await asyncio.sleep(0.5)
+
+    body = asyncio.current_task()
+    assert body is not None
+    renewer = asyncio.create_task(keep_lease(store, name, owner, ttl, body))
+    try:
+        yield
+    finally:
+        renewer.cancel()
+        await asyncio.wait([renewer])  # lets a cancel of this job through, unlike `await renewer`
+        async with store.transaction() as tx:
+            await tx.release_lease(name, owner)

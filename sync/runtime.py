@@ -13,10 +13,11 @@ from models.clock import Clock
 from models.db import safe_url
 from models.domain import SyncRun
 from models.store import Store
-from sync.channel_stock import PLATFORM_STOCK, StockSync, stock_lease, sync_channel_stock
+from sync.channel_stock import PLATFORM_STOCK, STOCK_SYNC_JOB, StockSync, sync_channel_stock
 from sync.erp import ErpEffects
 from sync.errors import DatabaseNotReady
 from sync.fulfilment import Effects, RoutingStats, route_all
+from sync.leases import hold_lease
 from sync.orders import OrderPuller, PullProgress
 from sync.outbox import Dispatcher, DrainStats, RetrySchedule
 from sync.stock import StockReading, read_stock
@@ -80,9 +81,16 @@ async def refresh_stock(settings: Settings, store: Store) -> StockReading:
     return await read_stock(settings, store, lambda warehouse: registry_wms_for(warehouse))
 
 
+ROUTE_JOB = "route"
+"""The daemon's routing job, and its lease: one routing run at a time, whoever runs it (a
+run trusts its view of stock for a few seconds, so two at once could both spend it)."""
+
+
 async def route(settings: Settings, store: Store) -> RoutingStats:
-    """Route every reviewed order (writes `wms.create` messages; sends nothing)."""
-    return await route_all(store, settings)
+    """Route every reviewed order (writes `wms.create` messages; sends nothing), under the
+    `route` lease."""
+    async with hold_lease(store, ROUTE_JOB, replica_name(), settings.daemon.lease_ttl):
+        return await route_all(store, settings)
 
 
 def effects_for(settings: Settings, store: Store) -> Effects:
@@ -133,7 +141,7 @@ async def stock_sync_once(
     so the values reach the marketplaces. Returns the sync, the drain, and how many stock
     messages are still unsent afterwards (waiting for a retry, or dead letters)."""
     owner = owner or replica_name()
-    async with stock_lease(store, owner, settings.daemon.lease_ttl):
+    async with hold_lease(store, STOCK_SYNC_JOB, owner, settings.daemon.lease_ttl):
         result = await sync_channel_stock(
             settings, store, lambda shop: registry_marketplace_for(shop), shops=shops, full=full
         )
