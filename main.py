@@ -340,7 +340,8 @@ async def run_demo(
                     # one during the wind-down interrupts for good.
                     stop = asyncio.Event()
                     for signum in (signal.SIGINT, signal.SIGTERM):
-                        loop.add_signal_handler(signum, stop.set)
+                        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C ends it
+                            loop.add_signal_handler(signum, stop.set)
                     with Live(console=out, refresh_per_second=2) as live:
                         while not stop.is_set() and (deadline is None or loop.time() < deadline):
                             live.update(await demo_table(settings, store, sb))
@@ -348,7 +349,8 @@ async def run_demo(
                             with contextlib.suppress(TimeoutError):
                                 await asyncio.wait_for(stop.wait(), max(0.0, min(0.5, left)))
                         for signum in (signal.SIGINT, signal.SIGTERM):
-                            loop.remove_signal_handler(signum)
+                            with contextlib.suppress(NotImplementedError):
+                                loop.remove_signal_handler(signum)
                         await sb.stop_live()
                         stopped = store.clock.now()
                         # Wait until every shop's live cursor has passed the moment the world

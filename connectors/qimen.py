@@ -243,7 +243,8 @@ def _derived_biz_code(code: str, packages: Sequence[Package]) -> str:
     """The dedupe key of a confirm without `outBizCode` (the spec needs one only for repeated
     confirms): its order and waybills, so a repeat is one and another order's is not."""
     waybills = ",".join(sorted(p.waybill for p in packages))
-    return f"{code}|{hashlib.sha256(waybills.encode()).hexdigest()[:16]}"
+    # The store keeps 128 characters: a long code keeps its head, the hash tells repeats apart.
+    return f"{code[:110]}|{hashlib.sha256(f'{code}|{waybills}'.encode()).hexdigest()[:16]}"
 
 
 def _final(element: ET.Element) -> bool:

@@ -208,6 +208,12 @@ class OrderPuller:
         self.progress.windows_planned(len(windows))
         stats = _Stats(run_id=run_id)
         status, message = RunStatus.OK, ""
+        if end <= oldest:  # a backfill wholly beyond the platform's reach reads nothing
+            status = RunStatus.FAILED
+            message = (
+                f"{end.isoformat()} is more than 3 months ago: the platform no longer answers "
+                "for changes that old"
+            )
         for number, (w_start, w_end) in enumerate(windows):
             try:
                 await self._read_slice(stream, w_start, w_end, stats)

@@ -95,6 +95,10 @@ async def test_no_window_starts_beyond_the_platforms_three_months(
     run = await puller(store, market).backfill(now - timedelta(days=200), now - timedelta(days=80))
     assert run.status == RunStatus.OK
     assert min(start for start, _, _ in market.calls) >= now - PLATFORM_HISTORY
+    too_old = await puller(store, market).backfill(
+        now - timedelta(days=200), now - timedelta(days=150)
+    )
+    assert too_old.status == RunStatus.FAILED and "3 months" in too_old.message
 
 
 async def test_a_full_page_without_a_total_is_not_taken_for_the_whole_window(
