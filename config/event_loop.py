@@ -1,30 +1,33 @@
 """The event loop every command runs on: uvloop where it is installed (Linux and macOS), else
 asyncio's own.
 
-The hub is bound by per-message overhead on one core: callbacks in and HTTP calls out, each a
-handful of event-loop turns and thread hand-offs (aiosqlite). uvloop runs those about a third
-faster end to end (bench/fulfil.py: 16 → 26 orders/s with httptools beside it, which uvicorn
-picks up by itself). Behaviour is the same on both loops; tests run on asyncio's.
+The hub is bound by per-message overhead on one core (callbacks in, HTTP calls out, event-loop
+turns, aiosqlite thread hand-offs), which is what uvloop and httptools (picked up by uvicorn by
+itself) make cheaper. Measured on bench/fulfil.py the gain was large once (16 → 26 orders/s) and
+within noise on a quiet machine later (15–19 orders/s on either loop): see bench/README.md.
+Behaviour is the same on both loops; the tests run on asyncio's, the subprocess e2e and crash
+tests on uvloop.
 """
 
 import asyncio
 import importlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def use_fastest_loop() -> bool:
+    """Make uvloop the event loop policy when it is installed; True if it is."""
     try:
         module = importlib.import_module("uvloop")
     except ImportError:  # Windows, or an install without it
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = module.new_event_loop
-    return factory
+        return False
+    asyncio.set_event_loop_policy(module.EventLoopPolicy())
+    return True
 
 
 def run(work: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(work)` on the fastest loop available."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(work)
+    use_fastest_loop()
+    return asyncio.run(work)
