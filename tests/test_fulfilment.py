@@ -112,15 +112,24 @@ def dispatcher(
     return Dispatcher(store, effects.handlers(), owner="test")
 
 
+async def created_then_crashed(
+    store: Store, settings: Settings, clock: FixedClock, wms: FakeWms
+) -> str:
+    """An order routed, its create claimed and received by the WMS, and then the hub crashed
+    before recording it; returns the delivery order's code once its claim expired."""
+    code = await routed_order(store, settings)
+    async with store.transaction() as tx:
+        assert len(await tx.claim_outbox("crashed", 10, timedelta(seconds=1))) == 1
+    wms.creates.append(code)  # what that earlier attempt did at the WMS
+    clock.advance(timedelta(seconds=2))
+    return code
+
+
 async def test_a_create_that_may_have_arrived_is_asked_for_first(
     store: Store, settings: Settings, clock: FixedClock
 ) -> None:
     wms, market = FakeWms(), FakeMarketplace(clock=clock)
-    code = await routed_order(store, settings)
-    async with store.transaction() as tx:  # an earlier attempt reached the WMS, then we crashed
-        assert len(await tx.claim_outbox("crashed", 10, timedelta(seconds=1))) == 1
-    wms.creates.append(code)  # what that earlier attempt did at the WMS
-    clock.advance(timedelta(seconds=2))
+    code = await created_then_crashed(store, settings, clock, wms)
     await dispatcher(store, settings, wms, market).drain_once()
     assert wms.creates == [code]  # asked, found, not sent again
     async with store.transaction() as tx:
@@ -132,12 +141,8 @@ async def test_a_create_the_wms_holds_as_refused_is_a_dead_letter_not_created(
     store: Store, settings: Settings, clock: FixedClock
 ) -> None:
     wms, market = FakeWms(), FakeMarketplace(clock=clock)
-    code = await routed_order(store, settings)
-    async with store.transaction() as tx:  # an earlier attempt reached the WMS, then we crashed
-        assert len(await tx.claim_outbox("crashed", 10, timedelta(seconds=1))) == 1
-    wms.creates.append(code)
+    code = await created_then_crashed(store, settings, clock, wms)
     wms.cancels.append(code)  # the WMS refused it by itself (REJECT)
-    clock.advance(timedelta(seconds=2))
     await dispatcher(store, settings, wms, market).drain_once()
     async with store.transaction() as tx:
         delivery = await tx.delivery_order(code)
