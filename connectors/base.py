@@ -31,10 +31,15 @@ class OrderPage:
     page_size: int = 100
 
     @property
+    def records(self) -> int:
+        """What the page holds, well-formed or not."""
+        return len(self.orders) + len(self.errors)
+
+    @property
     def window_total(self) -> int:
         """`total`, unless the page itself disproves it: a total lower than the page's own
         records (missing, or stale) says nothing, and a full page may have more behind it."""
-        held = len(self.orders) + len(self.errors)
+        held = self.records
         if self.total >= held:
             return self.total
         return held + 1 if held >= self.page_size else held

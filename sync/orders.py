@@ -339,7 +339,7 @@ class OrderPuller:
             # short (the overlap of the next pull re-reads what moved meanwhile).
             chunk.add(first)
             last, number = first, 1
-            while len(last.orders) + len(last.errors) >= self.page_size:
+            while last.records >= self.page_size:
                 number += 1
                 if number > MAX_BLIND_PAGES:
                     raise BadPayload(
