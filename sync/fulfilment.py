@@ -475,14 +475,17 @@ async def _status_report(tx: Tx, confirm: ShipmentConfirm) -> str:
     hub did not ask for needs a person."""
     code = confirm.shipment.delivery_order_code
     delivery = await tx.delivery_order(code)
-    if confirm.state is WmsOrderState.CANCELLED and delivery is not None:
-        if delivery.state in (DeliveryState.PENDING, DeliveryState.CREATED):
-            log.error(
-                "the WMS cancelled or refused a delivery order the hub did not cancel: "
-                "re-route or intercept by hand",
-                code=code,
-                status=confirm.status,
-            )
+    unasked = delivery is not None and delivery.state in (
+        DeliveryState.PENDING,
+        DeliveryState.CREATED,
+    )
+    if confirm.state is WmsOrderState.CANCELLED and unasked:
+        log.error(
+            "the WMS cancelled or refused a delivery order the hub did not cancel: "
+            "re-route or intercept by hand",
+            code=code,
+            status=confirm.status,
+        )
     else:
         log.info("WMS status report", code=code, status=confirm.status)
     return f"status {confirm.status or '?'} noted"
