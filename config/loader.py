@@ -50,10 +50,8 @@ def load_settings(
             data = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", source=str(config_path)) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", source=str(config_path)) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(_not_utf8(exc), source=str(config_path)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read: {_unreadable(exc)}", source=str(config_path)) from None
     elif require_file:
         raise ConfigError(
             "config file not found (pass --config PATH or set ECOMHUB_CONFIG)",
@@ -94,8 +92,11 @@ def _describe(
     return f"{origin}: {field}: {message}{extra}"
 
 
-def _not_utf8(exc: UnicodeDecodeError) -> str:
-    return f"not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
+    """Why a file the config names could not be read, for its one-line error."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+    return str(exc.strerror)
 
 
 def _env_value(value: str) -> Any:
@@ -192,7 +193,7 @@ def _read_secret_files(
             try:
                 node[field] = path.read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:
-                reason = _not_utf8(exc) if isinstance(exc, UnicodeDecodeError) else exc.strerror
+                reason = _unreadable(exc)
                 raise ConfigError(
                     f"{_dotted((*loc, key))}: cannot read secret file {str(path)!r}: {reason}",
                     source=origin,
@@ -223,7 +224,7 @@ def read_rate_card(path: Path, *, field: str, source: str) -> tuple[RateCardRow,
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = _not_utf8(exc) if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        reason = _unreadable(exc)
         raise ConfigError(
             f"{field}: cannot read rate card {str(path)!r}: {reason}", source=source
         ) from None
